@@ -1,0 +1,46 @@
+"""The exceptions lbalgo raises on purpose.
+
+Every error derives from :class:`LbalgoError`, and each also derives from the built-in a caller
+would naturally catch (``ValueError`` for bad input, ``LookupError`` for "nothing to pick"), so
+code written against the standard library keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidBackendError",
+    "InvalidGroupError",
+    "LbalgoError",
+    "NoBackendAvailable",
+]
+
+
+class LbalgoError(Exception):
+    """Base class of every exception lbalgo raises on purpose.
+
+    >>> issubclass(NoBackendAvailable, LbalgoError)
+    True
+    """
+
+
+class InvalidBackendError(LbalgoError, ValueError):
+    """A backend field is invalid: the message names the field and the bad value.
+
+    >>> from lbalgo import Backend
+    >>> Backend("10.0.0.1", 80, weight=101)
+    Traceback (most recent call last):
+    ...
+    lbalgo.errors.InvalidBackendError: weight must be an integer from 0 to 100, got 101
+    """
+
+
+class InvalidGroupError(LbalgoError, ValueError):
+    """A group is invalid (too many backends, duplicate keys, a config that does not parse).
+
+    The message says which entry.
+    """
+
+
+class NoBackendAvailable(LbalgoError, LookupError):
+    """Nothing is eligible for this pick: the group is empty, or every backend has weight 0,
+    is marked down, is failing passive health checks, or was excluded."""

@@ -1,0 +1,522 @@
+"""The scheduler interface and the machinery every algorithm shares.
+
+:class:`Scheduler` is the protocol proxies program against. :class:`BaseScheduler` implements
+everything in it that is not the choice itself, once: health marks, open-connection counting,
+leases, runtime updates that carry state over by backend key, slow start, passive health,
+statistics and thread safety. An algorithm module subclasses it and supplies ``_choose`` (and,
+if it keeps derived structures, ``_rebuild``), so it contains only its algorithm.
+
+Concurrency model: every mutation runs under one re-entrant lock per scheduler. Pick counters
+are ``itertools.count`` objects, whose ``next()`` is a single atomic C call under the GIL, so an
+algorithm may count a pick on a lock-free fast path; releases are counted under the lock, and
+the open count is their difference, which therefore never goes negative.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from types import TracebackType
+from typing import Protocol, TypeAlias, runtime_checkable
+
+from lbalgo.backend import Backend, BackendGroup
+from lbalgo.errors import InvalidGroupError, NoBackendAvailable
+
+__all__ = [
+    "BackendStats",
+    "BaseScheduler",
+    "Client",
+    "Exclude",
+    "Lease",
+    "Scheduler",
+]
+
+Client: TypeAlias = str | IPv4Address | IPv6Address | None
+"""What ``pick`` accepts as the client: a source address (or, for sticky sessions, a key)."""
+
+Exclude: TypeAlias = Iterable[str | Backend]
+"""Backends already tried for this request, by key (a ``Backend`` stands for its key)."""
+
+Clock: TypeAlias = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """What an operator checks when traffic looks unbalanced, for one backend.
+
+    ``picks`` counts every pick since the backend joined this scheduler; ``open_connections``
+    the picks not yet released; ``failures`` every failure reported through ``Lease.fail()``
+    (or ``release(..., failed=True)``); ``up`` the health checker's mark; ``available``
+    whether it can take a new request now (up, weight above 0, not suspended by passive
+    health); ``effective_weight`` its weight now (lower while slow start ramps it up, 0 when
+    not available).
+    """
+
+    backend: Backend
+    picks: int
+    open_connections: int
+    failures: int
+    up: bool
+    available: bool
+    effective_weight: int
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """The interface shared by every scheduler (and by wrappers such as ``StickySessions``)."""
+
+    @property
+    def group(self) -> BackendGroup: ...
+
+    def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend: ...
+
+    def release(self, backend: Backend, *, failed: bool = False) -> None: ...
+
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease: ...
+
+    def mark_down(self, key: str) -> None: ...
+
+    def mark_up(self, key: str) -> None: ...
+
+    def is_up(self, key: str) -> bool: ...
+
+    def open_connections(self, key: str) -> int: ...
+
+    def stats(self) -> Mapping[str, BackendStats]: ...
+
+    def update(self, group: BackendGroup) -> None: ...
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    # itertools.count has no public "current value"; its repr is "count(N)" on every CPython
+    # 3.11+ (unlike __reduce__, which 3.14 removes). Only the slow paths read it.
+    return int(repr(counter)[6:-1])
+
+
+class _Slot:
+    """Runtime state of one backend key inside one scheduler (private, mutable)."""
+
+    __slots__ = (
+        "backend",
+        "fail_times",
+        "failures",
+        "key",
+        "picks",
+        "probation",
+        "ramp_start",
+        "released",
+        "suspended_until",
+        "up",
+    )
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.key = backend.key
+        self.picks = itertools.count()
+        self.released = 0
+        self.up = True
+        self.failures = 0
+        self.fail_times: deque[float] = deque()
+        self.probation = False
+        self.suspended_until = -math.inf
+        self.ramp_start: float | None = None
+
+    @property
+    def open(self) -> int:
+        return _count_value(self.picks) - self.released
+
+    def __repr__(self) -> str:
+        return f"<_Slot {self.key} up={self.up} open={self.open}>"
+
+
+class Lease:
+    """One picked backend for one request or connection, released exactly once.
+
+    ``release()`` ends it normally (a second call does nothing); ``fail()`` reports a connect
+    error or timeout to passive health, then releases. As a context manager (``with`` or
+    ``async with``) it is released on exit, also when the block raises; a lease may also be
+    kept past a block and released by hand later, for streamed responses.
+
+    >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
+    >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
+    >>> with sched.connection() as lease:
+    ...     sched.open_connections(lease.backend.key)
+    1
+    >>> sched.open_connections("10.0.0.1:80")
+    0
+    """
+
+    __slots__ = ("_done", "_scheduler", "_slot", "backend")
+
+    def __init__(self, scheduler: BaseScheduler, slot: _Slot) -> None:
+        self._scheduler = scheduler
+        self._slot = slot
+        self._done = False
+        self.backend: Backend = slot.backend
+        """The backend this lease holds a connection slot on."""
+
+    @property
+    def released(self) -> bool:
+        """Whether the lease has ended (released or failed)."""
+        return self._done
+
+    def release(self) -> None:
+        """End the lease normally (idempotent)."""
+        self._scheduler._finish_lease(self, failed=False)
+
+    def fail(self) -> None:
+        """Report a failure of this backend to passive health, then release (idempotent)."""
+        self._scheduler._finish_lease(self, failed=True)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._done else "open"
+        return f"<Lease {self.backend.key} {state}>"
+
+
+def _check_options(slow_start: float, max_fails: int, fail_timeout: float, clock: Clock) -> None:
+    if (
+        isinstance(slow_start, bool)
+        or not isinstance(slow_start, (int, float))
+        or not 0 <= slow_start < math.inf
+    ):
+        raise ValueError(f"slow_start must be a finite number of seconds >= 0, got {slow_start!r}")
+    if type(max_fails) is not int or max_fails < 0:
+        raise ValueError(f"max_fails must be an integer >= 0, got {max_fails!r}")
+    if (
+        isinstance(fail_timeout, bool)
+        or not isinstance(fail_timeout, (int, float))
+        or not 0 < fail_timeout < math.inf
+    ):
+        raise ValueError(
+            f"fail_timeout must be a finite number of seconds > 0, got {fail_timeout!r}"
+        )
+    if not callable(clock):
+        raise ValueError(f"clock must be a callable returning seconds, got {clock!r}")
+
+
+def normalize_exclude(exclude: Exclude) -> frozenset[str]:
+    """The keys in ``exclude`` as a frozenset (a ``Backend`` stands for its key).
+
+    A lone string is refused: iterating it would exclude single characters.
+    """
+    if isinstance(exclude, (str, bytes)):
+        raise TypeError(f"exclude must be a collection of backend keys, got {exclude!r}")
+    keys = set()
+    for item in exclude:
+        if isinstance(item, Backend):
+            keys.add(item.key)
+        elif isinstance(item, str):
+            keys.add(item)
+        else:
+            raise TypeError(f"exclude must hold backend keys (str), got {item!r}")
+    return frozenset(keys)
+
+
+class BaseScheduler(ABC):
+    """Shared machinery behind every scheduler: see the module docstring.
+
+    Subclasses implement :meth:`_choose` and may override :meth:`_rebuild` (called under the
+    lock whenever membership, weights, health or ramps change) and :meth:`_on_release`.
+    Keyword options:
+
+    ``slow_start``: seconds over which a backend that joins by ``update`` or returns by
+    ``mark_up`` ramps linearly to its full weight (0 disables it).
+    ``max_fails`` / ``fail_timeout``: passive health as nginx's options of the same names
+    (``max_fails=0`` disables it).
+    ``clock``: the time source, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        group: BackendGroup,
+        *,
+        slow_start: float = 0.0,
+        max_fails: int = 0,
+        fail_timeout: float = 10.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not isinstance(group, BackendGroup):
+            raise InvalidGroupError(f"group must be a BackendGroup, got {group!r}")
+        _check_options(slow_start, max_fails, fail_timeout, clock)
+        self._lock = threading.RLock()
+        self._slow_start = float(slow_start)
+        self._max_fails = max_fails
+        self._fail_timeout = float(fail_timeout)
+        self._clock = clock
+        # Only timed features read the clock, so the common configuration never pays for it.
+        self._timed = slow_start > 0 or max_fails > 0
+        self._group = group
+        self._slots: dict[str, _Slot] = {b.key: _Slot(b) for b in group}
+        self._order: tuple[_Slot, ...] = tuple(self._slots.values())
+        # Earliest clock value at which a ramp ends or a suspension lifts (inf: none pending).
+        self._next_event = math.inf
+        with self._lock:
+            self._rebuild()
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    @abstractmethod
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+        """Choose an eligible slot for one pick (called under the lock). The base counts the
+        pick afterwards. Raise :class:`NoBackendAvailable` when nothing is eligible."""
+
+    def _rebuild(self) -> None:  # noqa: B027 -- an optional hook, empty by design
+        """Recompute derived structures after a change (called under the lock)."""
+
+    def _on_release(self, slot: _Slot) -> None:  # noqa: B027 -- an optional hook
+        """React to one release of ``slot`` (called under the lock, after counting it)."""
+
+    # -- the public interface ----------------------------------------------------------------
+
+    @property
+    def group(self) -> BackendGroup:
+        """The current group."""
+        return self._group
+
+    def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
+        """Choose the backend for one new request (see the class docstring for the rule)."""
+        return self._pick_slot(client, exclude).backend
+
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
+        """Pick now and return a :class:`Lease` to release when the request ends."""
+        return Lease(self, self._pick_slot(client, exclude))
+
+    def release(self, backend: Backend, *, failed: bool = False) -> None:
+        """One request on ``backend`` ended; ``failed=True`` reports it to passive health.
+
+        Releases beyond the open count, and releases for a backend no longer in the group,
+        are ignored (a connection may end after an update removed its backend).
+        """
+        if not isinstance(backend, Backend):
+            raise TypeError(f"release expects a Backend, got {backend!r}")
+        with self._lock:
+            slot = self._slots.get(backend.key)
+            if slot is not None:
+                self._finish(slot, failed)
+
+    def mark_down(self, key: str) -> None:
+        """A health check failed: ``key`` gets no new picks until ``mark_up``."""
+        with self._lock:
+            slot = self._slot(key)
+            if slot.up:
+                slot.up = False
+                slot.ramp_start = None
+                self._rebuild()
+
+    def mark_up(self, key: str) -> None:
+        """A health check passed: ``key`` rejoins (ramping up if slow start is on)."""
+        with self._lock:
+            slot = self._slot(key)
+            if not slot.up:
+                slot.up = True
+                self._start_ramp(slot)
+                self._rebuild()
+
+    def is_up(self, key: str) -> bool:
+        """The health checker's mark for ``key`` (``KeyError`` if unknown)."""
+        return self._slot(key).up
+
+    def open_connections(self, key: str) -> int:
+        """Picks of ``key`` not yet released (``KeyError`` if unknown)."""
+        return self._slot(key).open
+
+    def stats(self) -> Mapping[str, BackendStats]:
+        """Per-backend statistics in group order, O(n)."""
+        with self._lock:
+            now = self._now()
+            return {
+                slot.key: BackendStats(
+                    backend=slot.backend,
+                    picks=_count_value(slot.picks),
+                    open_connections=slot.open,
+                    failures=slot.failures,
+                    up=slot.up,
+                    available=self._eligible(slot, now),
+                    effective_weight=self._effective_weight(slot, now),
+                )
+                for slot in self._order
+            }
+
+    def update(self, group: BackendGroup) -> None:
+        """Swap in a new group, carrying state over for every key that survives.
+
+        Surviving keys keep health marks, open counts and algorithm state; new keys start up
+        (ramping if slow start is on); removed keys are forgotten.
+        """
+        if not isinstance(group, BackendGroup):
+            raise InvalidGroupError(f"group must be a BackendGroup, got {group!r}")
+        with self._lock:
+            old = self._slots
+            slots: dict[str, _Slot] = {}
+            added = []
+            for backend in group:
+                slot = old.get(backend.key)
+                if slot is None:
+                    slot = _Slot(backend)
+                    added.append(slot)
+                else:
+                    slot.backend = backend
+                slots[backend.key] = slot
+            self._group = group
+            self._slots = slots
+            self._order = tuple(slots.values())
+            for slot in added:
+                self._start_ramp(slot)
+            self._rebuild()
+
+    # -- helpers for subclasses --------------------------------------------------------------
+
+    def _now(self) -> float:
+        """The clock, read only when a timed feature (slow start, passive health) is on."""
+        return self._clock() if self._timed else 0.0
+
+    def _eligible(self, slot: _Slot, now: float) -> bool:
+        """Whether ``slot`` may take a new request at ``now`` (exclusions aside)."""
+        return slot.up and slot.backend.weight > 0 and slot.suspended_until <= now
+
+    def _effective_weight(self, slot: _Slot, now: float) -> int:
+        """The weight ``slot`` has at ``now``: ramping during slow start, 0 if not eligible."""
+        if not self._eligible(slot, now):
+            return 0
+        weight = slot.backend.weight
+        if slot.ramp_start is None:
+            return weight
+        elapsed = now - slot.ramp_start
+        if elapsed >= self._slow_start:
+            return weight
+        # linear from 1 at the start to the full weight at the end of the window
+        return max(1, min(weight, math.floor(weight * elapsed / self._slow_start) + 1))
+
+    def _tick(self, now: float) -> None:
+        """End finished ramps and lift finished suspensions (under the lock), then rebuild."""
+        if now < self._next_event:
+            return
+        next_event = math.inf
+        for slot in self._order:
+            if slot.ramp_start is not None:
+                ramp_end = slot.ramp_start + self._slow_start
+                if ramp_end <= now:
+                    slot.ramp_start = None
+                else:
+                    next_event = min(next_event, ramp_end)
+            if slot.suspended_until != -math.inf:
+                if slot.suspended_until <= now:
+                    slot.suspended_until = -math.inf
+                    # nginx tries a suspended peer again; one more failure suspends it anew
+                    slot.probation = True
+                else:
+                    next_event = min(next_event, slot.suspended_until)
+        self._next_event = next_event
+        self._rebuild()
+
+    def _ramping(self) -> bool:
+        return any(slot.ramp_start is not None for slot in self._order)
+
+    def _pick_slot(self, client: Client, exclude: Exclude) -> _Slot:
+        excluded = normalize_exclude(exclude) if exclude else frozenset()
+        with self._lock:
+            now = self._now()
+            if now >= self._next_event:
+                self._tick(now)
+            slot = self._choose(client, excluded, now)
+            next(slot.picks)
+            return slot
+
+    def _no_backend(self, excluded: Collection[str]) -> NoBackendAvailable:
+        """The error for a pick with nothing eligible, saying why."""
+        if not self._order:
+            return NoBackendAvailable("no backend available: the group is empty")
+        reasons = []
+        for slot in self._order:
+            if slot.key in excluded:
+                reasons.append(f"{slot.key} excluded")
+            elif not slot.up:
+                reasons.append(f"{slot.key} down")
+            elif slot.backend.weight == 0:
+                reasons.append(f"{slot.key} weight 0")
+            else:
+                reasons.append(f"{slot.key} suspended by passive health")
+        shown = ", ".join(reasons[:5]) + (", ..." if len(reasons) > 5 else "")
+        return NoBackendAvailable(f"no backend available ({shown})")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _slot(self, key: str) -> _Slot:
+        try:
+            return self._slots[key]
+        except (KeyError, TypeError):
+            raise KeyError(key) from None
+
+    def _start_ramp(self, slot: _Slot) -> None:
+        if self._slow_start <= 0:
+            return
+        now = self._clock()
+        others = any(s is not slot and self._eligible(s, now) for s in self._order)
+        if others:  # a lone backend would gain nothing from ramping
+            slot.ramp_start = now
+            self._next_event = min(self._next_event, now + self._slow_start)
+
+    def _finish_lease(self, lease: Lease, *, failed: bool) -> None:
+        with self._lock:
+            if lease._done:
+                return
+            lease._done = True
+            slot = lease._slot
+            # a lease outliving its backend's removal (or a re-added key) counts nowhere
+            if self._slots.get(slot.key) is slot:
+                self._finish(slot, failed)
+
+    def _finish(self, slot: _Slot, failed: bool) -> None:
+        if failed:
+            self._record_failure(slot)
+        elif slot.fail_times or slot.probation:
+            slot.fail_times.clear()
+            slot.probation = False
+        if slot.open > 0:
+            slot.released += 1
+            self._on_release(slot)
+
+    def _record_failure(self, slot: _Slot) -> None:
+        slot.failures += 1
+        if self._max_fails == 0:
+            return
+        now = self._clock()
+        window = slot.fail_times
+        while window and window[0] <= now - self._fail_timeout:
+            window.popleft()
+        window.append(now)
+        if slot.probation or len(window) >= self._max_fails:
+            window.clear()
+            slot.probation = False
+            slot.suspended_until = now + self._fail_timeout
+            self._next_event = min(self._next_event, slot.suspended_until)
+            self._rebuild()

@@ -1,0 +1,184 @@
+"""Hypothesis strategies and invariant checks for property tests of code built on lbalgo.
+
+lbalgo's own suite uses exactly these, so a proxy that embeds a scheduler can property-test its
+integration with the same generators and the same checks. Needs ``hypothesis`` (the ``dev``
+extra).
+
+>>> from hypothesis import given
+>>> from lbalgo import SmoothWeightedRoundRobin
+>>> @given(groups(min_size=1, min_weight=1))
+... def test_weights_respected(group):
+...     check_weights_respected(SmoothWeightedRoundRobin(group))
+>>> test_weights_respected()
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping
+
+from hypothesis import strategies as st
+
+from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
+from lbalgo.errors import NoBackendAvailable
+from lbalgo.scheduler import Scheduler
+
+__all__ = [
+    "address_spellings",
+    "backends",
+    "check_minimal_movement",
+    "check_never_picks_ineligible",
+    "check_weights_respected",
+    "client_addresses",
+    "groups",
+    "ipv4_addresses",
+    "ipv6_addresses",
+    "weights",
+]
+
+
+def weights(min_weight: int = 0, max_weight: int = MAX_WEIGHT) -> st.SearchStrategy[int]:
+    """Valid weights, 0..100 by default."""
+    return st.integers(min_value=min_weight, max_value=max_weight)
+
+
+def ipv4_addresses() -> st.SearchStrategy[str]:
+    """IPv4 addresses in dotted-quad form."""
+    return st.ip_addresses(v=4).map(str)
+
+
+def ipv6_addresses() -> st.SearchStrategy[str]:
+    """IPv6 addresses in their compressed form."""
+    return st.ip_addresses(v=6).map(str)
+
+
+def backends(min_weight: int = 0, max_weight: int = MAX_WEIGHT) -> st.SearchStrategy[Backend]:
+    """Valid backends on IPv4 or IPv6 hosts (or DNS names), any port, weights in range."""
+    dns_names = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}\Z")
+    hosts = st.one_of(ipv4_addresses(), ipv6_addresses(), dns_names)
+    return st.builds(
+        Backend,
+        host=hosts,
+        port=st.integers(min_value=1, max_value=65535),
+        weight=weights(min_weight, max_weight),
+    )
+
+
+def groups(
+    min_size: int = 0,
+    max_size: int = 20,
+    *,
+    min_weight: int = 0,
+    max_weight: int = MAX_WEIGHT,
+) -> st.SearchStrategy[BackendGroup]:
+    """Valid groups of ``min_size``..``max_size`` backends with unique keys."""
+    max_size = min(max_size, MAX_BACKENDS)
+    return st.lists(
+        backends(min_weight, max_weight),
+        min_size=min_size,
+        max_size=max_size,
+        unique_by=lambda b: b.key,
+    ).map(BackendGroup)
+
+
+def address_spellings(address: str) -> list[str | ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every spelling of one client address lbalgo must treat as the same client.
+
+    For IPv4: the string, the ``IPv4Address``, the IPv4-mapped IPv6 forms. For IPv6: the
+    compressed, exploded, upper-case forms and the ``IPv6Address``.
+    """
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(f"::ffff:{parsed}")
+        return [
+            str(parsed),
+            parsed,
+            f"::ffff:{parsed}",
+            f"::FFFF:{parsed}",
+            mapped.exploded,
+            mapped,
+        ]
+    return [str(parsed), parsed.exploded, parsed.exploded.upper(), str(parsed).upper(), parsed]
+
+
+def client_addresses() -> st.SearchStrategy[str | ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Client addresses in any spelling lbalgo accepts (strings and ``ipaddress`` objects)."""
+    return st.ip_addresses().flatmap(lambda a: st.sampled_from(address_spellings(str(a))))
+
+
+def check_weights_respected(scheduler: Scheduler, periods: int = 1) -> None:
+    """Pick ``periods`` whole weight periods (total weight x periods, releasing each pick at
+    once) and assert every eligible backend got exactly ``weight x periods`` picks.
+
+    Holds for schedulers that are exact over a period (smooth weighted round robin, and least
+    connections under light load). The scheduler must have all backends up.
+    """
+    group = scheduler.group
+    total = group.total_weight * periods
+    got: Counter[str] = Counter()
+    for _ in range(total):
+        backend = scheduler.pick()
+        scheduler.release(backend)
+        got[backend.key] += 1
+    expected = {b.key: b.weight * periods for b in group if b.weight > 0}
+    assert dict(got) == expected, f"picks {dict(got)} != weights x periods {expected}"
+
+
+def check_never_picks_ineligible(
+    scheduler: Scheduler,
+    picks: int,
+    *,
+    client: Callable[[int], object] | None = None,
+    exclude: Iterable[str] = (),
+) -> None:
+    """Pick ``picks`` times (releasing each) and assert no pick is of weight 0, marked down,
+    or in ``exclude``; when nothing is eligible, assert ``NoBackendAvailable`` is raised."""
+    excluded = set(exclude)
+    group = scheduler.group
+    eligible = {
+        b.key for b in group if b.weight > 0 and scheduler.is_up(b.key) and b.key not in excluded
+    }
+    for i in range(picks):
+        who = client(i) if client is not None else None
+        try:
+            backend = scheduler.pick(who, exclude=excluded)  # type: ignore[arg-type]
+        except NoBackendAvailable:
+            assert not eligible, f"NoBackendAvailable although {sorted(eligible)} are eligible"
+            return
+        scheduler.release(backend)
+        assert backend.key in eligible, f"picked ineligible backend {backend.key!r}"
+
+
+def check_minimal_movement(
+    before: Mapping[Hashable, str],
+    after: Mapping[Hashable, str],
+    *,
+    removed: Iterable[str] = (),
+    added: Iterable[str] = (),
+    stay_tolerance: float = 0.0,
+) -> None:
+    """Assert that between two client -> backend-key assignments only the clients that had to
+    move did: clients of ``removed`` backends, and clients now on ``added`` backends.
+
+    ``stay_tolerance`` is the fraction of all clients allowed to move between two backends
+    that both stay (0 for a ring; a few thousandths for a Maglev table).
+    """
+    gone, new = set(removed), set(added)
+    assert before.keys() == after.keys(), "both assignments must cover the same clients"
+    stray = 0
+    for client, old in before.items():
+        now = after[client]
+        if old == now:
+            continue
+        if old in gone:
+            assert now not in gone, f"client {client!r} moved to removed backend {now!r}"
+            continue
+        if now in new:
+            continue
+        stray += 1
+    limit = stay_tolerance * len(before)
+    assert stray <= limit, (
+        f"{stray} of {len(before)} clients moved between backends that both stay "
+        f"(allowed: {limit:.0f})"
+    )
