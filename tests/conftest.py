@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
+import pluggy
+import pytest
 from hypothesis import HealthCheck, settings
 
 # derandomize: every run draws the same examples (CI must not flake on a rare draw);
@@ -18,3 +21,22 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=300)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# CI installs nginx and redis-server and sets LBALGO_REQUIRE_SERVERS=1: there, a differential or
+# ledger test that skips for want of its server is a failure, not a quiet pass.
+_REQUIRE_SERVERS = os.environ.get("LBALGO_REQUIRE_SERVERS") == "1"
+_SERVER_WORDS = ("nginx", "redis")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    outcome = yield
+    report = outcome.get_result()
+    if _REQUIRE_SERVERS and report.skipped:
+        reason = str(report.longrepr).lower()
+        if any(word in reason for word in _SERVER_WORDS):
+            report.outcome = "failed"
+            report.longrepr = f"LBALGO_REQUIRE_SERVERS=1 but the test skipped: {report.longrepr}"
