@@ -1,0 +1,213 @@
+"""Smooth weighted round robin: the replayed pick against nginx's O(n) loop and peers.
+
+Two tables, every figure a ratio measured side by side in one run:
+
+- the steady-state pick at 3, 50 and 500 backends (weights 1..100) against an empty Python
+  method call (the floor), the O(n) loop written plainly in Python (``NaiveSmoothRoundRobin``,
+  no lock and no counting, so the comparison flatters it), and the ``roundrobin`` package's
+  ``smooth()``;
+- a change (``mark_down``, a weight ``update``, a backend added by ``update``) plus the first
+  10,000 picks after it, against 10,000 picks of the O(n) loop (the goal: at most a fifth).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+from lbalgo.backend import Backend, BackendGroup
+from lbalgo.bench._core import REPEATS, Table, empty_call_ns, ns_per_call
+from lbalgo.swrr import SmoothWeightedRoundRobin
+
+__all__ = ["NaiveSmoothRoundRobin", "run"]
+
+SIZES = (3, 50, 500)
+QUICK_SIZES = (3, 50)
+AFTER_CHANGE = 10_000
+"""Picks timed after each change."""
+ROUNDS = 5
+"""Rounds of back-to-back measurements behind each steady-state ratio."""
+
+
+class NaiveSmoothRoundRobin:
+    """nginx's loop as anyone would write it in Python: O(n) a pick (the baseline)."""
+
+    def __init__(self, group: BackendGroup) -> None:
+        self._backends = [b for b in group if b.weight > 0]
+        self._weights = [b.weight for b in self._backends]
+        self._current = [0] * len(self._backends)
+
+    def pick(self) -> Backend:
+        current, weights = self._current, self._weights
+        total = 0
+        best = -1
+        best_value = 0
+        for i, weight in enumerate(weights):
+            value = current[i] + weight
+            current[i] = value
+            total += weight
+            if best < 0 or value > best_value:
+                best, best_value = i, value
+        current[best] -= total
+        return self._backends[best]
+
+
+def _group(n: int, seed: int = 0) -> BackendGroup:
+    rng = random.Random(n * 1000 + seed)  # fixed per size: every contender sees the same weights
+    return BackendGroup(
+        Backend(f"10.0.{i // 250}.{i % 250 + 1}", 8080, rng.randint(1, 100)) for i in range(n)
+    )
+
+
+def _steady(group: BackendGroup) -> SmoothWeightedRoundRobin:
+    """A scheduler past its first period, replaying its cycle."""
+    sched = SmoothWeightedRoundRobin(group)
+    for _ in range(group.total_weight + 1):
+        sched.pick()
+    return sched
+
+
+def _median_ms(prepare: Callable[[], Callable[[], object]]) -> float:
+    """Median over REPEATS of the time of one call of what ``prepare()`` returns (untimed
+    preparation), in milliseconds."""
+    samples = []
+    for _ in range(REPEATS):
+        body = prepare()
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            body()
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+        finally:
+            gc.enable()
+    return statistics.median(samples)
+
+
+def _picks(pick: Callable[[], object], count: int) -> None:
+    for _ in range(count):
+        pick()
+
+
+def _pick_table(sizes: tuple[int, ...], loops: int) -> Table:
+    try:
+        import roundrobin
+    except ImportError:  # a peer, not a dependency
+        roundrobin = None
+    table = Table(
+        "Smooth weighted round robin: steady-state pick, weights 1..100",
+        [
+            "backends",
+            "ours / empty call",
+            "naive loop / ours (x faster)",
+            "roundrobin.smooth / ours (x faster)",
+            "naive loop / empty call",
+        ],
+    )
+    floors = []
+    for n in sizes:
+        group = _group(n)
+        sched = _steady(group)
+        # on a shared machine the load drifts within a run: each ratio is taken between
+        # figures measured back to back, and the median over rounds is reported
+        slow_loops = max(loops // max(1, n // 10), 200)
+        naive_pick = NaiveSmoothRoundRobin(group).pick
+        peer_pick = roundrobin.smooth([(b.key, b.weight) for b in group]) if roundrobin else None
+        rounds = []
+        for _ in range(ROUNDS):
+            floor = empty_call_ns(loops)
+            ours = ns_per_call(sched.pick, loops)
+            naive = ns_per_call(naive_pick, slow_loops)
+            peer = ns_per_call(peer_pick, slow_loops) if peer_pick else math.nan
+            rounds.append((ours / floor, naive / ours, peer / ours, naive / floor))
+            floors.append(floor)
+        ratios: list[object] = [statistics.median(column) for column in zip(*rounds, strict=True)]
+        if peer_pick is None:
+            ratios[2] = "skipped"
+        table.rows.append([n, *ratios])
+    table.notes.append(
+        f"each time the median of {REPEATS} runs; the empty call is an empty method called "
+        f"through a bound method in the same kind of loop ({min(floors):.0f}-"
+        f"{max(floors):.0f} ns here); each ratio is between figures measured back to back, "
+        f"the median over {ROUNDS} rounds; goal: ours / empty call <= 4 at 500"
+    )
+    table.notes.append(
+        "ours counts the open connection and is thread-safe; the naive loop and roundrobin "
+        "do neither"
+    )
+    if roundrobin is None:
+        table.notes.append("roundrobin is not installed: its column is skipped")
+    return table
+
+
+def _changes(group: BackendGroup) -> dict[str, Callable[[SmoothWeightedRoundRobin], None]]:
+    victim = group.backends[len(group) // 2].key
+    reweighted = group.with_weight(victim, 1 + len(group) % 97)
+    # one backend out, another in: stays within MAX_BACKENDS at 500
+    swapped = group.without(group.backends[-1].key).with_backend(Backend("10.9.9.9", 8080, 50))
+    return {
+        "mark_down": lambda sched: sched.mark_down(victim),
+        "update: new weight": lambda sched: sched.update(reweighted),
+        "update: one out, one in": lambda sched: sched.update(swapped),
+    }
+
+
+def _naive_ms(group: BackendGroup, after: int) -> float:
+    naive = NaiveSmoothRoundRobin(group)
+    return _median_ms(lambda: lambda: _picks(naive.pick, after))
+
+
+def _after_change_ms(
+    group: BackendGroup, change: Callable[[SmoothWeightedRoundRobin], None], after: int
+) -> float:
+    def prepare() -> Callable[[], None]:
+        sched = _steady(group)
+
+        def body() -> None:
+            change(sched)
+            _picks(sched.pick, after)
+
+        return body
+
+    return _median_ms(prepare)
+
+
+def _change_table(sizes: tuple[int, ...], after: int) -> Table:
+    table = Table(
+        f"Smooth weighted round robin: a change and the first {after:,} picks after it",
+        ["backends", "change", f"ours / {after:,} picks of the naive loop", "goal"],
+    )
+    for n in sizes:
+        group = _group(n)
+        naive_ms = _naive_ms(group, after)
+        for name, change in _changes(group).items():
+            ours_ms = _after_change_ms(group, change, after)
+            table.rows.append([n, name, ours_ms / naive_ms, "<= 0.2" if n >= 500 else "-"])
+    table.notes.append(
+        f"median of {REPEATS} runs; each run starts from a scheduler replaying its cycle, and "
+        "the change itself is inside the timed part"
+    )
+    table.notes.append(
+        "after a change the sequence is generated (O(D) a pick, D distinct weights) until a "
+        "whole period proves the cycle, then replayed: the goal is set at 500 backends; with "
+        "few backends the O(n) loop is itself cheap (at 3, ours is only ~4x faster even when "
+        "replaying) and a period of generation is a larger share of 10,000 picks"
+    )
+    return table
+
+
+def run(quick: bool = False) -> list[Table]:
+    """The two tables above (``quick``: 3 and 50 backends, fewer loops, for the smoke test)."""
+    sizes = QUICK_SIZES if quick else SIZES
+    loops = 2_000 if quick else 30_000
+    after = 1_000 if quick else AFTER_CHANGE
+    return [_pick_table(sizes, loops), _change_table(sizes, after)]
+
+
+if __name__ == "__main__":
+    for table in run():
+        print(table.to_text())

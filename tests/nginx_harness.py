@@ -1,0 +1,324 @@
+"""A real nginx in front of loopback backends, for differential tests against lbalgo.
+
+Reusable by any test module: start N loopback HTTP backends that each answer with their own id,
+put a single-process nginx in front of them with an ``upstream`` block whose body the caller
+writes (``server 127.0.0.1:PORT weight=W;`` lines, ``down``, ``hash $http_x_client
+consistent;``...), send a bounded number of requests (optionally with headers) and read which
+backend answered each. Everything lives in a temporary directory and on 127.0.0.1, and is torn
+down on exit.
+
+    with loopback_backends(3) as backends, nginx_proxy(upstream_servers(backends, [5, 1, 1]),
+                                                        workdir=tmp_path) as proxy:
+        proxy.answers(14)  # ['0', '0', '1', '0', '2', '0', '0', ...]
+
+In pytest, the ``nginx_harness`` fixture does the same with automatic teardown (import it into
+the test module: ``from nginx_harness import nginx_harness  # noqa: F401``); it skips the test
+with a clear reason when no nginx binary is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "MAX_REQUESTS",
+    "LoopbackBackend",
+    "NginxHarness",
+    "NginxProxy",
+    "find_nginx",
+    "loopback_backends",
+    "nginx_harness",
+    "nginx_proxy",
+    "require_nginx",
+    "upstream_servers",
+]
+
+MAX_REQUESTS = 200_000
+"""The most requests one ``answers`` call sends: every load loop here is bounded."""
+
+_START_TIMEOUT = 10.0  # seconds for nginx to accept connections
+_REQUEST_TIMEOUT = 10.0  # seconds for one request through nginx
+_BACKEND_HEADER = "X-Lbalgo-Backend"
+
+
+def find_nginx() -> str | None:
+    """The nginx binary: ``$LBALGO_NGINX``, ``nginx`` on PATH, or ``/usr/sbin/nginx``."""
+    candidates = [os.environ.get("LBALGO_NGINX"), shutil.which("nginx"), "/usr/sbin/nginx"]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_nginx() -> str:
+    """The nginx binary, or skip the calling test saying why and how to get one."""
+    binary = find_nginx()
+    if binary is None:
+        pytest.skip(
+            "nginx is not installed (looked at $LBALGO_NGINX, PATH and /usr/sbin/nginx); "
+            "install it (Debian: apt-get install nginx-light) to run the differential tests"
+        )
+    return binary
+
+
+class LoopbackBackend:
+    """One HTTP server on 127.0.0.1 answering every request with its ``ident``."""
+
+    def __init__(self, ident: str) -> None:
+        self.ident = ident
+        answer = ident.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header(_BACKEND_HEADER, ident)
+                self.send_header("Content-Length", str(len(answer)))
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # quiet: thousands of requests per test
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        # a short poll interval: shutdown() waits for it, once per backend at teardown
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name=f"backend-{ident}",
+            daemon=True,
+        )
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, as written in an nginx ``server`` line."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def loopback_backends(count: int) -> Iterator[list[LoopbackBackend]]:
+    """``count`` running loopback backends with ids ``"0"``, ``"1"``, ...; stopped on exit."""
+    if not 1 <= count <= 1000:
+        raise ValueError(f"count must be from 1 to 1000, got {count!r}")
+    backends: list[LoopbackBackend] = []
+    try:
+        for index in range(count):
+            backend = LoopbackBackend(str(index))
+            backends.append(backend)
+            backend.start()
+        yield backends
+    finally:
+        for backend in backends:
+            backend.stop()
+
+
+def upstream_servers(
+    backends: Sequence[LoopbackBackend],
+    weights: Sequence[int] | None = None,
+    *,
+    down: Sequence[int] = (),
+) -> str:
+    """An upstream block body: one ``server`` line per backend, in order, with its weight
+    (omitted when ``weights`` is None) and ``down`` for the indexes in ``down``."""
+    lines = []
+    for index, backend in enumerate(backends):
+        line = f"server {backend.address}"
+        if weights is not None:
+            line += f" weight={weights[index]}"
+        if index in down:
+            line += " down"
+        lines.append(line + ";")
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 256;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream lbalgo_under_test {{
+{upstream}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://lbalgo_under_test;
+            # one try per request: a retry would hide which peer nginx chose first
+            proxy_next_upstream off;
+            proxy_connect_timeout 5s;
+            proxy_read_timeout 10s;
+        }}
+    }}
+}}
+"""
+
+
+class NginxProxy:
+    """A running single-process nginx listening on ``127.0.0.1:port``."""
+
+    def __init__(self, binary: str, workdir: Path, upstream: str) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.config = workdir / "nginx.conf"
+        body = "\n".join(f"        {line}" for line in upstream.strip().splitlines())
+        self.config.write_text(_CONFIG.format(dir=workdir, upstream=body, port=self.port))
+        self._process = subprocess.Popen(
+            [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._connection: http.client.HTTPConnection | None = None
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"nginx exited at start:\n{self._log()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"nginx did not accept connections in {_START_TIMEOUT}s:\n{self._log()}")
+
+    def _log(self) -> str:
+        stderr = b""
+        if self._process.poll() is not None and self._process.stderr is not None:
+            stderr = self._process.stderr.read()
+        log = self.workdir / "error.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return (stderr.decode(errors="replace") + text).strip()
+
+    def answer(self, headers: Mapping[str, str] | None = None, path: str = "/") -> str:
+        """Send one GET through nginx; the id of the backend that answered it."""
+        for attempt in range(2):
+            if self._connection is None:
+                self._connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=_REQUEST_TIMEOUT
+                )
+            try:
+                self._connection.request("GET", path, headers=dict(headers or {}))
+                response = self._connection.getresponse()
+                body = response.read()
+            except (http.client.HTTPException, ConnectionError):
+                # nginx may close a kept-alive client connection; reconnect once
+                self._connection.close()
+                self._connection = None
+                if attempt:
+                    raise
+                continue
+            ident = response.getheader(_BACKEND_HEADER)
+            if response.status != 200 or ident is None:
+                raise RuntimeError(
+                    f"nginx answered {response.status} without a backend id: {body[:200]!r}\n"
+                    f"{self._log()}"
+                )
+            return ident
+        raise AssertionError("unreachable")
+
+    def answers(self, count: int, headers: Mapping[str, str] | None = None) -> list[str]:
+        """Send ``count`` requests one after another (each ends before the next starts)."""
+        if not 0 <= count <= MAX_REQUESTS:
+            raise ValueError(f"count must be from 0 to {MAX_REQUESTS}, got {count!r}")
+        return [self.answer(headers) for _ in range(count)]
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+
+
+@contextlib.contextmanager
+def nginx_proxy(upstream: str, *, workdir: Path, binary: str | None = None) -> Iterator[NginxProxy]:
+    """A running nginx whose upstream block body is ``upstream``; stopped on exit.
+
+    ``workdir`` (an empty directory) receives the config, pid, log and temp paths.
+    """
+    proxy = NginxProxy(binary or require_nginx(), workdir, upstream)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+class NginxHarness:
+    """What the ``nginx_harness`` fixture gives a test: backends and proxies, torn down after."""
+
+    def __init__(self, binary: str, workdir: Path, stack: contextlib.ExitStack) -> None:
+        self.binary = binary
+        self._workdir = workdir
+        self._stack = stack
+        self._proxies = 0
+
+    def backends(self, count: int) -> list[LoopbackBackend]:
+        """``count`` running loopback backends with ids ``"0"``, ``"1"``, ..."""
+        return self._stack.enter_context(loopback_backends(count))
+
+    def proxy(self, upstream: str) -> NginxProxy:
+        """A running nginx with that upstream block body (one per call, each in its own dir)."""
+        self._proxies += 1
+        workdir = self._workdir / f"nginx-{self._proxies}"
+        workdir.mkdir()
+        return self._stack.enter_context(nginx_proxy(upstream, workdir=workdir, binary=self.binary))
+
+
+@pytest.fixture
+def nginx_harness(tmp_path: Path) -> Iterator[NginxHarness]:
+    """Loopback backends and real nginx proxies for one test (skips when nginx is absent)."""
+    binary = require_nginx()
+    with contextlib.ExitStack() as stack:
+        yield NginxHarness(binary, tmp_path, stack)
