@@ -1,0 +1,155 @@
+"""Weighted least connections: each new connection goes to the lowest ``open / weight``.
+
+The right algorithm for long-lived connections (databases, WebSockets, streaming), where
+round robin keeps sending work to a backend that is still busy with the last. The choice
+itself lives in a :class:`~lbalgo.ledger.ConnectionLedger`, so the same scheduler can count
+connections in this process (the default) or across a fleet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from lbalgo.backend import Backend, BackendGroup
+from lbalgo.ledger import ConnectionLedger, LocalLedger
+from lbalgo.scheduler import BaseScheduler, Client, Clock, Exclude, _Slot
+
+__all__ = ["WeightedLeastConnections"]
+
+
+class WeightedLeastConnections(BaseScheduler):
+    """Send each pick to an eligible backend with the lowest ``open connections / weight``.
+
+    Ratios are compared exactly (integers, never floats). Ties follow the weights smoothly:
+    under light load (each request ends before the next starts, so every backend has 0
+    open) every prefix of the pick sequence gives each backend its weighted share to within
+    one pick, also for skewed weights such as ten backends of weight 1 and one of weight 100.
+    nginx's ``least_conn`` runs smooth round robin among tied peers; this uses the WF2Q
+    fair-queueing rule instead, which is tighter (see :class:`~lbalgo.ledger.LocalLedger`).
+
+    Weight 0, ``mark_down`` and passive-health suspensions stop new picks while the open
+    connections drain through ``release``; counts are kept by backend key, so a backend
+    whose weight changed since the pick is released the same way, and ``update`` keeps the
+    counts of every key that stays. With ``slow_start`` the weight in the ratio ramps up.
+
+    ``ledger``: where counts live and the choice is made; ``None`` (the default) is a fresh
+    in-process :class:`~lbalgo.ledger.LocalLedger`. Give each scheduler its own ledger
+    object (a shared ledger such as ``RedisLedger`` shares through its store, one object per
+    process). ``open_connections`` and ``stats`` show this scheduler's own counts;
+    ``sched.ledger.count(key)`` shows the ledger's (the fleet's, for a shared ledger).
+
+    Complexity with the local ledger: ``pick`` and ``release`` amortised O(log n);
+    ``update``, ``mark_down``/``mark_up`` and each slow-start weight step O(n).
+
+    >>> from lbalgo import Backend, BackendGroup
+    >>> group = BackendGroup([Backend("10.0.0.1", 80, 3), Backend("10.0.0.2", 80, 1)])
+    >>> sched = WeightedLeastConnections(group)
+    >>> held = [sched.pick() for _ in range(4)]  # long-lived: nothing released
+    >>> [b.key for b in held]
+    ['10.0.0.1:80', '10.0.0.2:80', '10.0.0.1:80', '10.0.0.1:80']
+    >>> for b in held[:3]:
+    ...     sched.release(b)
+    >>> sched.open_connections("10.0.0.1:80"), sched.pick().key  # 0/1 beats 1/3
+    (1, '10.0.0.2:80')
+    """
+
+    def __init__(
+        self,
+        group: BackendGroup,
+        *,
+        ledger: ConnectionLedger | None = None,
+        slow_start: float = 0.0,
+        max_fails: int = 0,
+        fail_timeout: float = 10.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if ledger is None:
+            ledger = LocalLedger()
+        elif not isinstance(ledger, ConnectionLedger):
+            raise TypeError(f"ledger must be a ConnectionLedger, got {ledger!r}")
+        self._ledger: ConnectionLedger = ledger
+        self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
+        # when the next slow-start weight step is due (the base only tracks ramp ends)
+        self._next_step = math.inf
+        super().__init__(
+            group,
+            slow_start=slow_start,
+            max_fails=max_fails,
+            fail_timeout=fail_timeout,
+            clock=clock,
+        )
+        # The fast path below serves the common configuration: no clock-driven feature and
+        # the local ledger, whose count for a key is exactly this scheduler's open count.
+        self._local = ledger if type(ledger) is LocalLedger and not self._timed else None
+
+    @property
+    def ledger(self) -> ConnectionLedger:
+        """The ledger holding the counts and making the choice."""
+        return self._ledger
+
+    def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
+        """Choose the backend for one new connection: the lowest ``open / weight``."""
+        local = self._local
+        if local is None or exclude:
+            return self._pick_slot(client, exclude).backend
+        # The base's path minus what cannot apply here (clock, ramps, passive-health
+        # trials): about a third of the cost of a pick at any size.
+        with self._lock:
+            key = local.acquire()
+            if key is None:
+                raise self._no_backend(())
+            slot = self._slots[key]
+            next(slot.picks)
+        return slot.backend
+
+    def release(self, backend: Backend, *, failed: bool = False) -> None:
+        """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`)."""
+        local = self._local
+        if local is None or failed or type(backend) is not Backend:
+            super().release(backend, failed=failed)
+            return
+        key = backend.key
+        with self._lock:
+            slot = self._slots.get(key)
+            # without passive health, the base's release is just this: count it if open
+            # (the local ledger's count for a key is this scheduler's open count)
+            if slot is not None and local.release_open(key):
+                slot.released += 1
+
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+        if now >= self._next_step:
+            self._rebuild()
+        key = self._ledger.acquire(exclude)
+        if key is None:
+            raise self._no_backend(exclude)
+        return self._slots[key]
+
+    def _on_take(self, slot: _Slot) -> None:
+        self._ledger.take(slot.key)
+
+    def _on_release(self, slot: _Slot) -> None:
+        self._ledger.release(slot.key)
+
+    def _rebuild(self) -> None:
+        now = self._now()
+        eligible: list[tuple[str, int]] = []
+        next_step = math.inf
+        for slot in self._order:
+            weight = self._effective_weight(slot, now)
+            if weight:
+                eligible.append((slot.key, weight))
+                full = slot.backend.weight
+                if slot.ramp_start is not None and weight < full:
+                    # _effective_weight steps up once weight * elapsed / slow_start reaches it
+                    next_step = min(next_step, slot.ramp_start + weight * self._slow_start / full)
+        # float rounding can put a step a hair before the weight actually moves: try again
+        # at the next clock reading rather than at every pick of this one
+        self._next_step = next_step if next_step > now else math.nextafter(now, math.inf)
+        self._ledger.set_eligible(eligible)
+        keys = self._slots.keys()
+        gone = [key for key in self._known if key not in keys]
+        if gone:
+            self._ledger.forget(gone)
+        if gone or len(keys) != len(self._known):
+            self._known = frozenset(keys)
