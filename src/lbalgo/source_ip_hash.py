@@ -1,0 +1,335 @@
+"""Consistent source-IP hashing: the same client goes to the same backend, on every host.
+
+Default mode looks the client up in a rendezvous table (:mod:`lbalgo._table`): weighted
+rendezvous hashing evaluated once per cell of a 393,209-cell table, so shares follow the
+weights, a lookup is one index, a membership change moves only the clients of the backend
+that came or went, and the table is a function of the group's (key, weight) pairs alone. The
+rest of a client's ranking at its cell is its fixed order of further choices, so a backend
+that is down, weight 0, suspended or excluded hands each of its clients to exactly the backend
+it would get if that backend were removed: nobody else moves, no table is rebuilt, and when it
+returns exactly its clients come back. ``compat="nginx"`` instead rebuilds nginx's own ring
+(:mod:`lbalgo._nginx_chash`). ``balance_factor`` adds bounded loads.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+
+import mmh3
+
+from lbalgo._address import STRICT_PTON, address_key, address_text
+from lbalgo._nginx_chash import MAX_TRIES, Ring
+from lbalgo._table import TABLE_SIZE, Scorer, build_cells
+from lbalgo.backend import Backend, BackendGroup
+from lbalgo.scheduler import BaseScheduler, Client, Exclude, Lease, _Slot
+
+__all__ = ["HASH_VERSION", "SourceIPHash"]
+
+HASH_VERSION = 1
+"""Version of the default placement. Version 1: the client key is its packed address (4 bytes
+for IPv4 and IPv4-mapped IPv6, else 16); its cell is ``mmh3.hash(key, 0x4C420100) mod 393209``
+(signed 32-bit mmh3, Python's ``mod``). Backend ``i`` (key UTF-8, digest =
+``mmh3.hash128(key, 0x4C420001)``, offset = digest mod 393209, skip = (digest >> 64) mod 393208
++ 1) scores the cell ``E(rank) / weight`` with rank = (cell - offset) * skip^-1 mod 393209 and
+``E(k) = -log1p(-(k + 0.5) / 393209)``; the client's choices are the backends by increasing
+score (ties: the lower key). Any change to this recipe gets a new version number and a
+changelog entry."""
+
+_CLIENT_SEED = 0x4C42_0100
+_COMPAT_MODES = (None, "nginx")
+
+_hash = mmh3.hash
+_pton = socket.inet_pton
+# where inet_pton is looser than ipaddress, an unsupported family sends every string through
+# address_key's reference path
+_V4_FAMILY = socket.AF_INET if STRICT_PTON else -1
+
+
+def _check_balance_factor(balance_factor: object) -> Fraction | None:
+    if balance_factor is None:
+        return None
+    if (
+        isinstance(balance_factor, bool)
+        or not isinstance(balance_factor, (int, float))
+        or not 1 < balance_factor < math.inf
+    ):
+        raise ValueError(
+            f"balance_factor must be None or a finite number > 1, got {balance_factor!r}"
+        )
+    # the decimal the user wrote (1.05 is 21/20), not its binary approximation
+    return Fraction(str(balance_factor))
+
+
+class SourceIPHash(BaseScheduler):
+    """Consistent hashing of the client's address, balanced like a table, stable like a ring.
+
+    ``pick(client)`` needs the client's address (``str``, ``IPv4Address`` or
+    ``IPv6Address``; ``"::ffff:10.0.0.1"`` is ``"10.0.0.1"``, IPv6 in any compression or case
+    is one client) and raises ``ValueError`` naming anything else. The answer is the same in
+    every process, host and Python version (see :data:`HASH_VERSION`). Lookup is O(1): one
+    address parse, one mmh3 hash, one table index, lock-free. A backend that is down, weight
+    0, suspended or excluded hands its clients to their next choices (exactly where they go
+    when it is removed), scored in O(n) for those clients only; nobody else moves. Building
+    the table for a new membership or weight is O(T log n) for T = 393,209 cells (0.2-0.6 s,
+    done before the lock is taken); after it only the clients of the backend that came, went
+    or changed weight have moved.
+
+    Options: ``compat="nginx"`` places every client exactly as nginx's
+    ``hash $remote_addr consistent`` does for the same ``server host:port weight=w`` lines in
+    the same order. ``balance_factor=c`` (> 1) caps every backend's open connections at
+    ``ceil(c * (total_open + 1) * weight / total_weight)``: a client whose backend is full
+    spills to its next choice (consistent hashing with bounded loads, Mirrokni et al.).
+    ``slow_start`` only lowers that cap while a backend ramps (placement never ramps: it would
+    move its clients twice); ``max_fails``/``fail_timeout`` as in :class:`BaseScheduler`.
+
+    >>> from lbalgo import Backend, BackendGroup
+    >>> group = BackendGroup([Backend(f"10.0.0.{i}", 80) for i in range(1, 6)])
+    >>> sched = SourceIPHash(group)
+    >>> first = sched.pick("192.0.2.7")
+    >>> sched.pick("::ffff:192.0.2.7") == first
+    True
+    >>> sched.mark_down(first.key)
+    >>> sched.pick("192.0.2.7") != first
+    True
+    >>> sched.mark_up(first.key)
+    >>> sched.pick("192.0.2.7") == first
+    True
+    >>> sched.pick("192.0.2.300")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: client must be an IPv4 or IPv6 address (...), got '192.0.2.300'
+    """
+
+    def __init__(
+        self,
+        group: BackendGroup,
+        *,
+        compat: str | None = None,
+        balance_factor: float | None = None,
+        slow_start: float = 0.0,
+        max_fails: int = 0,
+        fail_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if compat not in _COMPAT_MODES:
+            raise ValueError(f"compat must be None or 'nginx', got {compat!r}")
+        self._compat = compat
+        self._bound = _check_balance_factor(balance_factor)
+        # weight each key had when last above 0: a weight-0 backend keeps its cells (or ring
+        # points) so that draining it moves nobody else
+        self._table_weights: dict[str, int] = {}
+        self._spec: tuple[tuple[str, int], ...] | None = None
+        self._prepared: tuple[tuple[tuple[str, int], ...], array[int]] | None = None
+        self._cells: array[int] = array("l")
+        self._scorer: Scorer | None = None
+        self._members: tuple[_Slot, ...] = ()
+        self._table: list[_Slot] = []
+        self._ring: Ring | None = None
+        self._blocked: frozenset[_Slot] = frozenset()
+        self._fast = False
+        self._opens: dict[str, int] = {}
+        self._opens_order: tuple[_Slot, ...] | None = None
+        self._total_open = 0
+        self._weight_sum = 0
+        self._any_ramp = False
+        super().__init__(
+            group,
+            slow_start=slow_start,
+            max_fails=max_fails,
+            fail_timeout=fail_timeout,
+            clock=clock,
+        )
+
+    # -- the fast path ------------------------------------------------------------------------
+
+    def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
+        """The backend for ``client``'s new request: its first eligible choice.
+
+        O(1) (lock-free) in the default mode when nothing is excluded; ``ValueError`` naming
+        the client if it is not an address; ``NoBackendAvailable`` if nothing is eligible.
+        """
+        if self._fast and not exclude:
+            try:  # the common case inline: an IPv4 string (see lbalgo._address)
+                key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
+            except (OSError, TypeError, ValueError):
+                key = address_key(client)
+            slot = self._table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            if slot not in self._blocked:
+                next(slot.picks)
+                return slot.backend
+        return self._pick_slot(client, exclude).backend
+
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
+        """Pick for ``client`` now and return a :class:`Lease` to release later."""
+        if self._fast and not exclude:
+            try:
+                key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
+            except (OSError, TypeError, ValueError):
+                key = address_key(client)
+            slot = self._table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            if slot not in self._blocked:
+                next(slot.picks)
+                return Lease(self, slot)
+        return Lease(self, self._pick_slot(client, exclude))
+
+    def update(self, group: BackendGroup) -> None:
+        """Swap in a new group; the new table is built before the lock is taken, so picks
+        continue meanwhile (see :meth:`BaseScheduler.update`)."""
+        if self._compat is None and isinstance(group, BackendGroup):
+            spec = self._spec_for(group, dict(self._table_weights))
+            if spec and spec != self._spec:
+                self._prepared = (spec, build_cells(spec))
+        super().update(group)
+
+    # -- BaseScheduler hooks -------------------------------------------------------------------
+
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+        key = address_key(client)
+        candidates = self._nginx_walk(key) if self._ring is not None else self._choices(key)
+        bound = self._bound
+        if bound is None:
+            for slot in candidates:
+                if slot.key not in exclude and self._eligible(slot, now):
+                    return slot
+            raise self._no_backend(exclude)
+        total = self._total_open
+        weight_sum = self._current_weight_sum(now)
+        numerator, denominator = bound.numerator, bound.denominator
+        for slot in candidates:
+            if slot.key in exclude or not self._eligible(slot, now):
+                continue
+            weight = self._effective_weight(slot, now)
+            # open < ceil(c * (total + 1) * w / W), in exact integer arithmetic
+            limit = numerator * (total + 1) * weight
+            cap = -(-limit // (denominator * weight_sum))
+            if self._opens.get(slot.key, 0) < cap:
+                self._opens[slot.key] = self._opens.get(slot.key, 0) + 1
+                self._total_open += 1
+                return slot
+        raise self._no_backend(exclude)
+
+    def _on_release(self, slot: _Slot) -> None:
+        if self._bound is not None and self._opens.get(slot.key, 0) > 0:
+            self._opens[slot.key] -= 1
+            self._total_open -= 1
+
+    def _on_take(self, slot: _Slot) -> None:
+        # a wrapper (sticky sessions) picked this backend itself: count it against the cap
+        if self._bound is not None:
+            self._opens[slot.key] = self._opens.get(slot.key, 0) + 1
+            self._total_open += 1
+
+    def _rebuild(self) -> None:
+        order = self._order
+        weights = self._table_weights
+        for slot in order:
+            if slot.backend.weight > 0:
+                weights[slot.key] = slot.backend.weight
+        for key in [k for k in weights if k not in self._slots]:
+            del weights[key]
+        if self._compat is None:
+            self._rebuild_table()
+        else:
+            self._rebuild_ring()
+        self._blocked = frozenset(s for s in order if not s.up or s.backend.weight == 0)
+        now = self._now()
+        self._weight_sum = sum(s.backend.weight for s in order if self._eligible(s, now))
+        self._any_ramp = self._ramping()
+        if self._bound is not None and self._opens_order is not order:
+            self._opens = {s.key: s.open for s in order}
+            self._total_open = sum(self._opens.values())
+            self._opens_order = order
+        self._fast = (
+            self._compat is None and self._bound is None and not self._timed and bool(self._table)
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _spec_for(
+        self, group: BackendGroup, weights: dict[str, int]
+    ) -> tuple[tuple[str, int], ...]:
+        # the canonical member list: sorted by key, so group order never moves a client
+        members = []
+        for backend in group:
+            weight = backend.weight or weights.get(backend.key, 0)
+            if weight > 0:
+                members.append((backend.key, weight))
+        return tuple(sorted(members))
+
+    def _rebuild_table(self) -> None:
+        spec = self._spec_for(self._group, self._table_weights)
+        if spec != self._spec:
+            if not spec:
+                self._cells = array("l")
+            elif self._prepared is not None and self._prepared[0] == spec:
+                self._cells = self._prepared[1]
+            else:
+                self._cells = build_cells(spec)
+            self._scorer = Scorer(spec) if spec else None
+            self._prepared = None
+        members = tuple(self._slots[key] for key, _weight in spec)
+        # a key removed and added again has a new slot: remap even when the spec is the same
+        renewed = any(a is not b for a, b in zip(members, self._members, strict=False))
+        if spec != self._spec or renewed:
+            self._table = [members[i] for i in self._cells]
+        self._spec = spec
+        self._members = members
+
+    def _rebuild_ring(self) -> None:
+        weights = self._table_weights
+        servers = tuple(
+            (slot.backend.address, weights.get(slot.key, 0))
+            for slot in self._order
+            if weights.get(slot.key, 0) > 0
+        )
+        if servers != self._spec or self._ring is None:
+            self._ring = Ring(servers)
+            self._spec = servers
+        self._members = tuple(
+            slot for slot in self._order if weights.get(slot.key, 0) > 0
+        )
+
+    def _current_weight_sum(self, now: float) -> int:
+        if not self._any_ramp:
+            return self._weight_sum
+        return sum(self._effective_weight(slot, now) for slot in self._order)
+
+    def _choices(self, key: bytes) -> Iterator[_Slot]:
+        """The client's fixed order of choices: the backends by score at its cell (the first
+        is the table's owner of the cell; the rest are scored only when needed, O(n))."""
+        if not self._table or self._scorer is None:
+            return
+        cell = _hash(key, _CLIENT_SEED) % TABLE_SIZE
+        first = self._table[cell]
+        yield first
+        members = self._members
+        for index in self._scorer.ranking(cell):
+            if members[index] is not first:
+                yield members[index]
+
+    def _nginx_walk(self, key: bytes) -> Iterator[_Slot]:
+        """The ring points nginx visits for this client, as backends; after nginx's 20 steps
+        (where nginx would round-robin) the walk goes on along the ring, deterministically."""
+        ring = self._ring
+        if ring is None or not len(ring):
+            return
+        members = self._members
+        owners = ring.owners
+        count = len(ring)
+        start = ring.start(address_text(key))
+        for step in range(min(MAX_TRIES + 1, count)):
+            yield members[owners[(start + step) % count]]
+        # past nginx's last step, each remaining backend once, in ring order
+        seen: set[int] = set()
+        for step in range(MAX_TRIES + 1, count):
+            owner = owners[(start + step) % count]
+            if owner not in seen:
+                seen.add(owner)
+                yield members[owner]
+                if len(seen) == len(members):
+                    return
