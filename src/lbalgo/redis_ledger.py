@@ -1,0 +1,518 @@
+"""A connection ledger on Redis: least connections over a whole fleet of processes and hosts.
+
+Every worker process (and every proxy host) gives its ``WeightedLeastConnections`` a
+:class:`RedisLedger` on the same Redis and namespace; the open-connection counts are then the
+fleet's, and each pick is one atomic Lua script in Redis that chooses the lowest fleet-wide
+``count / weight`` and counts it, so two processes can never both take the last least-loaded
+slot. Health marks, slow-start ramps, groups and passive health stay per process.
+
+redis-py (the ``redis`` extra) is imported only when a ledger is built, so ``import lbalgo``
+works without it. See ``docs/fleet.md`` for running several workers, crash safety and outages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from lbalgo.errors import LbalgoError
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
+
+__all__ = ["LedgerUnavailable", "RedisLedger"]
+
+_log = logging.getLogger("lbalgo.redis_ledger")
+
+_SCHEMES = ("redis", "rediss", "unix")
+_MAX_NAMESPACE = 200
+_MIN_LEASE, _MAX_LEASE = 0.1, 86_400.0
+_BACKOFF = 0.5  # seconds a failed call keeps the ledger failing fast before trying again
+_DEFAULT_TIMEOUT = 1.0  # socket timeouts unless the URL sets them: a pick must not hang
+
+
+class LedgerUnavailable(LbalgoError, ConnectionError):
+    """A shared ledger's store (Redis) cannot be reached: nothing was counted.
+
+    Raised by ``pick``/``connection`` of a scheduler using a :class:`RedisLedger` (and by
+    ``RedisLedger.count``) while Redis is down, unreachable or not answering; the ledger
+    recovers by itself once Redis answers again. Also a ``ConnectionError``.
+
+    >>> issubclass(LedgerUnavailable, ConnectionError)
+    True
+    """
+
+
+def _check_url(url: object) -> str:
+    if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+        raise ValueError(f"url must be a redis://, rediss:// or unix:// URL, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"url must give the socket's path (unix:///path), got {url!r}")
+    if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
+        raise ValueError(f"url must end with a database number (/0), if anything, got {url!r}")
+    return url
+
+
+def _check_namespace(namespace: object) -> str:
+    if (
+        not isinstance(namespace, str)
+        or not namespace
+        or len(namespace) > _MAX_NAMESPACE
+        or not namespace.isprintable()
+        or any(c in "{} " for c in namespace)
+    ):
+        raise ValueError(
+            f"namespace must be a non-empty printable string of at most {_MAX_NAMESPACE} "
+            f"characters without spaces or braces, got {namespace!r}"
+        )
+    return namespace
+
+
+def _check_lease_timeout(lease_timeout: object) -> float:
+    if (
+        isinstance(lease_timeout, bool)
+        or not isinstance(lease_timeout, (int, float))
+        or not _MIN_LEASE <= lease_timeout <= _MAX_LEASE
+    ):
+        raise ValueError(
+            f"lease_timeout must be a number of seconds from {_MIN_LEASE} to {_MAX_LEASE:.0f}, "
+            f"got {lease_timeout!r}"
+        )
+    return float(lease_timeout)
+
+
+def _load_script() -> str:
+    return resources.files("lbalgo").joinpath("_redis_ledger.lua").read_text(encoding="utf-8")
+
+
+class RedisLedger:
+    """Open-connection counts shared by every process on one Redis ``namespace``.
+
+    Give one to each process's :class:`~lbalgo.WeightedLeastConnections`
+    (``ledger=RedisLedger(url, namespace="web")``); every pick then follows the least-ratio
+    rule on the fleet's total open connections per backend key.
+
+    How: Redis keeps the keys some live process may pick in a sorted set ordered by
+    ``count / weight``, ties ordered by a fleet-wide WF2Q schedule (the rule of
+    :class:`~lbalgo.LocalLedger`, with ties the schedule cannot break going by key rather
+    than by group order). ``acquire`` runs one Lua script (EVALSHA, loaded again on
+    NOSCRIPT) that walks that set from the lowest ratio, skipping keys this process may
+    not use (down, excluded, weight 0 here), picks, and counts: one round trip, O(log n + s)
+    in Redis for s skipped keys. ``release`` is one round trip too. Ratios are compared as
+    cross-multiplied integers; the virtual times of the tie-break are floats.
+
+    Crash safety: this process holds its connections under an owner id with a lease that
+    every call renews, and a daemon thread renews it every ``lease_timeout / 4`` seconds
+    while the process is idle. When a process dies with connections open, the next call of
+    any other process after ``lease_timeout`` seconds without a heartbeat reclaims them; an
+    owner that was reclaimed while alive (paused longer than ``lease_timeout``) puts its
+    connections back on its next call. Counts never go negative, and a connection is never
+    released twice.
+
+    Redis unreachable: ``acquire``, ``take`` and ``count`` raise :class:`LedgerUnavailable`
+    (and fail fast for half a second after a failure rather than waiting on the network
+    each time); nothing is counted then (a script that ran but whose answer was lost is
+    undone by the next call, which sends this process's full state); ``release`` never
+    raises: it is applied when Redis answers again. When Redis
+    comes back empty (restarted without persistence), each process puts its own open
+    connections and eligible set back on its next call.
+
+    ``url``: ``redis://``, ``rediss://`` or ``unix://`` (query options such as
+    ``?socket_timeout=0.2`` pass to redis-py; both socket timeouts default to 1 s).
+    ``namespace``: the fleet's name; processes with the same Redis and namespace share
+    counts (keys live under ``lbalgo:{namespace}:``, one cluster hash slot). ``lease_timeout``:
+    seconds from 0.1 to 86400. Bad values raise ``ValueError`` naming the field and value.
+    One ledger per scheduler; call :meth:`close` on shutdown to hand the connections back.
+
+    >>> RedisLedger("http://localhost", namespace="web")
+    Traceback (most recent call last):
+    ...
+    ValueError: url must be a redis://, rediss:// or unix:// URL, got 'http://localhost'
+    >>> RedisLedger("redis://127.0.0.1:6379/0", namespace="web", lease_timeout=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: lease_timeout must be a number of seconds from 0.1 to 86400, got 0
+    """
+
+    _owner: str
+    _eligible: dict[str, int]  # this process's eligible set (the truth)
+    _total: int  # its total weight: how far the virtual clock moves per pick
+    _eligible_dirty: bool  # changed since Redis last heard of it
+    _declared: dict[str, int]  # the eligible set Redis has for this owner
+    _held: dict[str, int]  # connections open in this process, by key (the truth)
+    _applied: dict[str, int]  # what Redis counts for this owner, by key
+    _dirty: set[str]  # keys whose held and applied counts differ
+    _synced: bool  # False: the next call sends the full state (after an error, or LOST)
+    _down_until: float  # fail fast until then (monotonic), after a failed call
+    _last_call: float  # when a call last got through (monotonic)
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def __init__(self, url: str, *, namespace: str, lease_timeout: float = 30.0) -> None:
+        self._url = _check_url(url)
+        self._namespace = _check_namespace(namespace)
+        self._lease_timeout = _check_lease_timeout(lease_timeout)
+        self._prefix = f"lbalgo:{{{self._namespace}}}:"
+        self._client = self._connect()
+        self._script: Script = self._client.register_script(_load_script())
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reset()
+        _LIVE.add(self)
+
+    # -- the ConnectionLedger interface ------------------------------------------------------
+
+    def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
+        """Replace this process's eligible set (see ``ConnectionLedger.set_eligible``), O(n).
+
+        Local only: the change reaches Redis with the next call. ``ValueError`` naming the
+        key and the value for a weight outside 1..100 or a repeated key, ledger unchanged.
+        """
+        eligible: dict[str, int] = {}
+        for key, weight in weights:
+            if type(weight) is not int or not 1 <= weight <= 100:
+                raise ValueError(
+                    f"weight of {key!r} must be an integer from 1 to 100, got {weight!r}"
+                )
+            if key in eligible:
+                raise ValueError(f"key {key!r} is listed twice")
+            eligible[key] = weight
+        with self._lock:
+            if eligible != self._eligible:
+                self._eligible = eligible
+                self._total = sum(eligible.values())
+                self._eligible_dirty = True
+
+    def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
+        """Choose the eligible key with the fleet's lowest ``count / weight`` (not in
+        ``exclude``), count it, return it; ``None`` if no key qualifies. One round trip.
+
+        Raises :class:`LedgerUnavailable` when Redis cannot be reached (nothing counted).
+        """
+        with self._lock:
+            if not any(key not in exclude for key in self._eligible):
+                return None
+            excluded = [key for key in exclude if key in self._eligible]
+            key, _ = self._call("a", excluded=excluded)
+            if key is not None:
+                self._held[key] = self._held.get(key, 0) + 1
+                self._applied[key] = self._applied.get(key, 0) + 1
+            return key
+
+    def take(self, key: str) -> None:
+        """Count one connection on ``key`` chosen by the caller (a sticky session), moving
+        it along the tie-break schedule as :meth:`acquire` would. One round trip; raises
+        :class:`LedgerUnavailable` when Redis cannot be reached (nothing counted)."""
+        with self._lock:
+            self._call("t", take=key)
+            self._held[key] = self._held.get(key, 0) + 1
+            self._applied[key] = self._applied.get(key, 0) + 1
+
+    def release(self, key: str) -> None:
+        """One connection of this process on ``key`` ended: count it down (one round trip).
+
+        Never raises: while Redis is unreachable the release waits in this process and is
+        applied with the next call that gets through (the heartbeat thread retries). A key
+        this process holds no connection on is ignored.
+        """
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held <= 0:
+                return
+            if held == 1:
+                del self._held[key]
+            else:
+                self._held[key] = held - 1
+            self._dirty.add(key)
+            self._flush()
+
+    def count(self, key: str) -> int:
+        """The fleet's open connections on ``key`` (0 if unknown). One round trip; raises
+        :class:`LedgerUnavailable` when Redis cannot be reached."""
+        return self.counts([key])[key]
+
+    def counts(self, keys: Iterable[str]) -> dict[str, int]:
+        """The fleet's open connections for each of ``keys``, in one round trip."""
+        wanted = list(dict.fromkeys(keys))
+        with self._lock:
+            _, values = self._call("", counted=wanted)
+        return dict(zip(wanted, values, strict=True))
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop this process's connections on ``keys`` (they left its group); other
+        processes' connections there stay counted. One round trip if it held any; never
+        raises (applied later while Redis is unreachable, like :meth:`release`)."""
+        with self._lock:
+            for key in keys:
+                if self._held.pop(key, 0):
+                    self._dirty.add(key)
+            if self._dirty:
+                self._flush()
+
+    # -- beyond the interface ----------------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        """This process's owner id in Redis (host, pid and a random part)."""
+        return self._owner
+
+    @property
+    def namespace(self) -> str:
+        """The namespace shared by the fleet."""
+        return self._namespace
+
+    @property
+    def lease_timeout(self) -> float:
+        """Seconds without a heartbeat after which this process's connections are reclaimed."""
+        return self._lease_timeout
+
+    def close(self) -> None:
+        """Hand this process's connections and eligible set back, stop the heartbeat thread
+        and close the connection pool (best effort when Redis is unreachable; the lease
+        expires anyway). Idempotent; a closed ledger raises :class:`LedgerUnavailable` on
+        ``acquire``, ``take`` and ``count``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+            if self._thread is not None or self._held:  # it has reached Redis (or tried)
+                try:
+                    self._call("x")
+                except LedgerUnavailable:
+                    _log.warning("close: Redis unreachable; leases of %s expire", self._owner)
+            self._held.clear()
+        self._client.close()
+
+    def __enter__(self) -> RedisLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisLedger {self._namespace!r} owner={self._owner} "
+            f"held={sum(self._held.values())} eligible={len(self._eligible)}>"
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _connect(self) -> redis.Redis:
+        try:
+            import redis  # the optional extra; see the module docstring
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:  # pragma: no cover - exercised only without the extra
+            raise ImportError(
+                "RedisLedger needs redis-py: pip install 'lbalgo[redis]'"
+            ) from exc
+        query = urlsplit(self._url).query
+        options: dict[str, Any] = {
+            # No silent retries inside redis-py: a script re-sent after a lost reply would be
+            # applied twice. This class retries itself, with a replayable full-state call.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        for option in ("socket_timeout", "socket_connect_timeout"):
+            if option not in query:
+                options[option] = _DEFAULT_TIMEOUT
+        self._network_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._refused = redis.exceptions.ResponseError
+        try:
+            return redis.Redis.from_url(self._url, **options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"url is not a usable Redis URL ({exc}), got {self._url!r}") from None
+
+    def _reset(self) -> None:
+        """Fresh per-process state: a new owner id, nothing held (at start and after fork)."""
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._eligible = {}
+        self._total = 0
+        self._eligible_dirty = True
+        self._declared = {}
+        self._held = {}
+        self._applied = {}
+        self._dirty = set()
+        self._synced = False
+        self._down_until = -math.inf
+        self._last_call = -math.inf
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _call(
+        self,
+        action: str,
+        *,
+        excluded: Sequence[str] = (),
+        take: str = "",
+        counted: Sequence[str] = (),
+    ) -> tuple[str | None, list[int]]:
+        """Run the script once (twice if Redis lost this owner, or for a reconnect); returns
+        the picked key (or None) and the counts asked for. Under the lock. Raises
+        LedgerUnavailable."""
+        if self._closed and action != "x":
+            raise LedgerUnavailable(f"this RedisLedger ({self._owner}) is closed")
+        if time.monotonic() < self._down_until:
+            raise LedgerUnavailable(
+                f"Redis at {self._url} unreachable (failing fast, retrying shortly)"
+            )
+        attempts = 2
+        while True:
+            attempts -= 1
+            full = not self._synced
+            args = self._arguments(full, action, excluded, take, counted)
+            try:
+                reply = self._script(keys=[self._prefix + "q"], args=args)
+            except self._refused as exc:
+                self._synced = False
+                raise LedgerUnavailable(f"Redis at {self._url} refused the ledger: {exc}") from exc
+            except self._network_errors as exc:
+                # the reply is lost, the script may or may not have run: resend everything
+                self._synced = False
+                if attempts > 0 and isinstance(exc, self._network_errors[0]):
+                    continue  # a pooled connection from before a Redis restart
+                self._down_until = time.monotonic() + _BACKOFF
+                raise LedgerUnavailable(f"Redis at {self._url} unreachable: {exc}") from exc
+            status = reply[0]
+            if status == b"LOST" and attempts > 0:
+                self._synced = False  # Redis forgot this owner: put its state back
+                continue
+            if status != b"OK":
+                raise LedgerUnavailable(f"Redis ledger answered {reply!r}")
+            break
+        self._down_until = -math.inf
+        self._last_call = time.monotonic()
+        self._synced = True
+        if full or self._eligible_dirty:
+            self._declared = dict(self._eligible)
+            self._eligible_dirty = False
+        if full:
+            self._applied = dict(self._held)
+        else:
+            for key in self._dirty:
+                held = self._held.get(key, 0)
+                if held:
+                    self._applied[key] = held
+                else:
+                    self._applied.pop(key, None)
+        self._dirty.clear()
+        if self._thread is None and not self._closed:
+            self._start_heartbeat()
+        picked = reply[1]
+        return (None if picked is None else picked.decode()), [int(v) for v in reply[2:]]
+
+    def _arguments(
+        self,
+        full: bool,
+        action: str,
+        excluded: Sequence[str],
+        take: str,
+        counted: Sequence[str],
+    ) -> list[str | int]:
+        args: list[str | int] = [
+            self._prefix,
+            self._owner,
+            repr(self._lease_timeout),
+            "1" if full else "0",
+            action,
+            max(self._total, 1),
+            take,
+            len(excluded),
+            *excluded,
+        ]
+        if full:
+            held: list[str | int] = [x for item in self._held.items() for x in item]
+            changes: list[str | int] = [x for item in self._eligible.items() for x in item]
+            undeclared: list[str] = []
+        else:
+            held = []
+            for key in self._dirty:
+                gone = self._applied.get(key, 0) - self._held.get(key, 0)
+                if gone > 0:
+                    held += [key, gone]
+            changes, undeclared = [], []
+            if self._eligible_dirty:
+                declared = self._declared
+                for key, weight in self._eligible.items():
+                    if declared.get(key) != weight:
+                        changes += [key, weight]
+                undeclared = [key for key in declared if key not in self._eligible]
+        args += [len(held) // 2, *held, len(changes) // 2, *changes]
+        args += [len(undeclared), *undeclared, len(counted), *counted]
+        return args
+
+    def _flush(self) -> None:
+        """Send pending releases now if Redis is thought reachable; never raises."""
+        if self._closed or time.monotonic() < self._down_until:
+            return
+        try:
+            self._call("")
+        except LedgerUnavailable as exc:
+            _log.warning("releases kept pending: %s", exc)
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(
+            target=_heartbeat,
+            args=(weakref.ref(self), self._stop, self._lease_timeout / 4),
+            name=f"lbalgo-ledger-heartbeat-{self._namespace}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _beat(self, interval: float) -> None:
+        """One heartbeat: renew the lease (and flush pending releases) unless a call did."""
+        with self._lock:
+            if self._closed:
+                return
+            if time.monotonic() - self._last_call < interval / 2 and not self._dirty:
+                return
+            if time.monotonic() < self._down_until:
+                return
+            try:
+                self._call("")
+            except LedgerUnavailable as exc:
+                _log.warning("heartbeat failed: %s", exc)
+
+    def _after_fork(self) -> None:
+        # The child holds none of the parent's connections and must not share its owner id
+        # (or its socket pool, which redis-py replaces on first use in a new pid).
+        eligible = self._eligible
+        self._lock = threading.Lock()
+        self._reset()
+        self._eligible, self._total = eligible, sum(eligible.values())
+
+
+def _heartbeat(ref: weakref.ref[RedisLedger], stop: threading.Event, interval: float) -> None:
+    # holds only a weak reference, so a forgotten ledger can still be collected
+    while not stop.wait(interval):
+        ledger = ref()
+        if ledger is None:
+            return
+        ledger._beat(interval)
+        del ledger
+
+
+_LIVE: weakref.WeakSet[RedisLedger] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for ledger in list(_LIVE):
+        ledger._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
