@@ -5,7 +5,14 @@ Everything public is importable from here; see ``docs/`` for the guide and API r
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
+from lbalgo.ledger import ConnectionLedger, LocalLedger
+from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
+from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler
+from lbalgo.source_ip_hash import SourceIPHash
+from lbalgo.sticky import StickySessions
+from lbalgo.swrr import SmoothWeightedRoundRobin
+from lbalgo.wlc import WeightedLeastConnections
 
 __all__ = [
     "MAX_BACKENDS",
@@ -13,12 +20,21 @@ __all__ = [
     "Backend",
     "BackendGroup",
     "BackendStats",
+    "ConnectionLedger",
     "InvalidBackendError",
     "InvalidGroupError",
     "LbalgoError",
     "Lease",
+    "LedgerUnavailable",
+    "LocalLedger",
     "NoBackendAvailable",
+    "RedisLedger",
     "Scheduler",
+    "SmoothWeightedRoundRobin",
+    "SourceIPHash",
+    "StickySessions",
+    "WeightedLeastConnections",
+    "attempts",
 ]
 
 __version__ = "0.1.0.dev0"

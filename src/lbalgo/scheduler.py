@@ -123,6 +123,9 @@ class _Slot:
         self.released = 0
         self.up = True
         self.failures = 0
+        # passive health: failure times inside the fail_timeout window; suspended_until is
+        # -inf while healthy, else when the suspension ends (once past, the next pick is the
+        # one trial); probation: that trial is in flight
         self.fail_times: deque[float] = deque()
         self.probation = False
         self.suspended_until = -math.inf
@@ -248,10 +251,14 @@ class BaseScheduler(ABC):
     lock whenever membership, weights, health or ramps change) and :meth:`_on_release`.
     Keyword options:
 
-    ``slow_start``: seconds over which a backend that joins by ``update`` or returns by
-    ``mark_up`` ramps linearly to its full weight (0 disables it).
+    ``slow_start``: seconds over which a backend that joins by ``update``, returns by
+    ``mark_up`` or passes its passive-health trial ramps linearly to its full weight (0
+    disables it). Never at construction, never while no other backend serves.
     ``max_fails`` / ``fail_timeout``: passive health as nginx's options of the same names
-    (``max_fails=0`` disables it).
+    (``max_fails=0`` disables it): ``max_fails`` failures within a sliding ``fail_timeout``
+    window suspend a backend for ``fail_timeout``; then ONE trial request goes to it; its
+    success clears the failures, any failure suspends it again. The only backend of a group
+    is never suspended (as in nginx).
     ``clock``: the time source, injectable for tests.
     """
 
@@ -353,18 +360,19 @@ class BaseScheduler(ABC):
         """Per-backend statistics in group order, O(n)."""
         with self._lock:
             now = self._now()
-            return {
-                slot.key: BackendStats(
+            stats = {}
+            for slot in self._order:
+                picks = _count_value(slot.picks)
+                stats[slot.key] = BackendStats(
                     backend=slot.backend,
-                    picks=_count_value(slot.picks),
-                    open_connections=slot.open,
+                    picks=picks,
+                    open_connections=picks - slot.released,
                     failures=slot.failures,
                     up=slot.up,
                     available=self._eligible(slot, now),
                     effective_weight=self._effective_weight(slot, now),
                 )
-                for slot in self._order
-            }
+            return stats
 
     def update(self, group: BackendGroup) -> None:
         """Swap in a new group, carrying state over for every key that survives.
@@ -389,8 +397,11 @@ class BaseScheduler(ABC):
             self._group = group
             self._slots = slots
             self._order = tuple(slots.values())
-            for slot in added:
-                self._start_ramp(slot)
+            if added:
+                self._start_ramp(*added)
+            if len(self._order) == 1:
+                # nginx never considers the only server of a group unavailable
+                self._clear_failures(self._order[0])
             self._rebuild()
 
     # -- helpers for subclasses --------------------------------------------------------------
@@ -428,13 +439,10 @@ class BaseScheduler(ABC):
                     slot.ramp_start = None
                 else:
                     next_event = min(next_event, ramp_end)
-            if slot.suspended_until != -math.inf:
-                if slot.suspended_until <= now:
-                    slot.suspended_until = -math.inf
-                    # nginx tries a suspended peer again; one more failure suspends it anew
-                    slot.probation = True
-                else:
-                    next_event = min(next_event, slot.suspended_until)
+            if now < slot.suspended_until:
+                next_event = min(next_event, slot.suspended_until)
+            # a lifted suspension stays recorded (suspended_until in the past): the next pick
+            # of that backend is its one trial (see _count_pick)
         self._next_event = next_event
         self._rebuild()
 
@@ -448,8 +456,42 @@ class BaseScheduler(ABC):
             if now >= self._next_event:
                 self._tick(now)
             slot = self._choose(client, excluded, now)
-            next(slot.picks)
+            self._count_pick(slot, now)
             return slot
+
+    def _take(self, key: str, excluded: Collection[str]) -> _Slot | None:
+        """Pick ``key`` itself if it is eligible and not excluded, else return ``None``.
+
+        For wrappers that chose the backend themselves (a sticky session's bound backend):
+        the pick is counted as any other, then :meth:`_on_take` lets the algorithm catch up.
+        """
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or key in excluded:
+                return None
+            now = self._now()
+            if now >= self._next_event:
+                self._tick(now)
+            if not self._eligible(slot, now):
+                return None
+            self._count_pick(slot, now)
+            self._on_take(slot)
+            return slot
+
+    def _on_take(self, slot: _Slot) -> None:  # noqa: B027 -- an optional hook
+        """React to a pick of ``slot`` made by :meth:`_take`, outside :meth:`_choose` (called
+        under the lock, after counting it): algorithms that order backends by open
+        connections update that order here."""
+
+    def _count_pick(self, slot: _Slot, now: float) -> None:
+        next(slot.picks)
+        if slot.suspended_until != -math.inf:
+            # nginx's trial: a backend whose suspension ran out gets ONE request, then no
+            # other for fail_timeout while its outcome is awaited (a success clears it)
+            slot.probation = True
+            slot.suspended_until = now + self._fail_timeout
+            self._next_event = min(self._next_event, slot.suspended_until)
+            self._rebuild()
 
     def _no_backend(self, excluded: Collection[str]) -> NoBackendAvailable:
         """The error for a pick with nothing eligible, saying why."""
@@ -476,13 +518,16 @@ class BaseScheduler(ABC):
         except (KeyError, TypeError):
             raise KeyError(key) from None
 
-    def _start_ramp(self, slot: _Slot) -> None:
+    def _start_ramp(self, *slots: _Slot) -> None:
+        """Ramp ``slots`` (joining together) from now, if slow start is on, O(n)."""
         if self._slow_start <= 0:
             return
         now = self._clock()
-        others = any(s is not slot and self._eligible(s, now) for s in self._order)
-        if others:  # a lone backend would gain nothing from ramping
-            slot.ramp_start = now
+        joining = set(slots)
+        # ramping gains nothing unless a backend already serving takes the rest of the load
+        if any(s not in joining and self._eligible(s, now) for s in self._order):
+            for slot in slots:
+                slot.ramp_start = now
             self._next_event = min(self._next_event, now + self._slow_start)
 
     def _finish_lease(self, lease: Lease, *, failed: bool) -> None:
@@ -496,27 +541,41 @@ class BaseScheduler(ABC):
                 self._finish(slot, failed)
 
     def _finish(self, slot: _Slot, failed: bool) -> None:
+        if slot.open <= 0:
+            return  # a release beyond the open count reports nothing, not even a failure
+        slot.released += 1
         if failed:
             self._record_failure(slot)
-        elif slot.fail_times or slot.probation:
-            slot.fail_times.clear()
-            slot.probation = False
-        if slot.open > 0:
-            slot.released += 1
-            self._on_release(slot)
+        elif slot.probation:
+            # the trial succeeded: the backend is back, cold, like one marked up again
+            self._clear_failures(slot)
+            self._start_ramp(slot)
+            self._rebuild()
+        self._on_release(slot)
 
     def _record_failure(self, slot: _Slot) -> None:
         slot.failures += 1
-        if self._max_fails == 0:
-            return
+        if self._max_fails == 0 or len(self._order) == 1:
+            return  # nginx never considers the only server of a group unavailable
         now = self._clock()
-        window = slot.fail_times
-        while window and window[0] <= now - self._fail_timeout:
-            window.popleft()
-        window.append(now)
-        if slot.probation or len(window) >= self._max_fails:
+        if slot.suspended_until == -math.inf:
+            # failures count within a sliding fail_timeout window; as in nginx, successes in
+            # between do not erase them
+            window = slot.fail_times
+            while window and window[0] <= now - self._fail_timeout:
+                window.popleft()
+            window.append(now)
+            if len(window) < self._max_fails:
+                return
             window.clear()
-            slot.probation = False
-            slot.suspended_until = now + self._fail_timeout
-            self._next_event = min(self._next_event, slot.suspended_until)
-            self._rebuild()
+        # max_fails reached, or any failure of a suspended backend or of its trial (nginx
+        # restarts fail_timeout on each): no picks for fail_timeout from now
+        slot.probation = False
+        slot.suspended_until = now + self._fail_timeout
+        self._next_event = min(self._next_event, slot.suspended_until)
+        self._rebuild()
+
+    def _clear_failures(self, slot: _Slot) -> None:
+        slot.fail_times.clear()
+        slot.probation = False
+        slot.suspended_until = -math.inf
