@@ -9,6 +9,7 @@ exist yet is skipped.
 from __future__ import annotations
 
 import importlib
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -22,7 +23,7 @@ from lbalgo import (
     StickySessions,
     attempts,
 )
-from lbalgo.scheduler import BaseScheduler
+from lbalgo.scheduler import RAMP_STEPS, BaseScheduler
 
 RAMPED = [
     ("lbalgo.swrr", "SmoothWeightedRoundRobin"),
@@ -79,7 +80,7 @@ def light_load(sched: BaseScheduler, n: int, start: int = 0) -> Counter[str]:
     return got
 
 
-def weight_now(sched: BaseScheduler, key: str) -> int:
+def weight_now(sched: BaseScheduler, key: str) -> float:
     return sched.stats()[key].effective_weight
 
 
@@ -88,17 +89,31 @@ def weight_now(sched: BaseScheduler, key: str) -> int:
 SLOW = 100.0
 
 
+def ramped_weight(weight: int, fraction: float) -> float:
+    """The documented ramp: step k = floor(RAMP_STEPS * fraction) + 1 of RAMP_STEPS."""
+    step = min(RAMP_STEPS, math.floor(RAMP_STEPS * fraction) + 1)
+    return weight * step / RAMP_STEPS
+
+
 def test_no_ramp_at_construction(ramped: type[BaseScheduler], clock: FakeClock) -> None:
     group = BackendGroup(backends(10, 20, 30))
     sched = ramped(group, slow_start=SLOW, clock=clock)
     assert [weight_now(sched, b.key) for b in group] == [10, 20, 30]
     got = light_load(sched, 60)
     assert [got[b.key] for b in group] == [10, 20, 30]
+    # weight 1 (the default weight) included: whole weights, not fractions, at once
+    group = BackendGroup(backends(1, 1, 1, 1))
+    sched = ramped(group, slow_start=SLOW, clock=clock)
+    weights = [weight_now(sched, b.key) for b in group]
+    assert weights == [1, 1, 1, 1]
+    assert all(type(w) is int for w in weights)
+    assert sorted(light_load(sched, 40).values()) == [10, 10, 10, 10]
 
 
 @pytest.mark.parametrize("how", ["update", "mark_up"])
-def test_ramp_shape(ramped: type[BaseScheduler], clock: FakeClock, how: str) -> None:
-    a, b, c = backends(10, 10, 20)
+@pytest.mark.parametrize("full", [1, 20, 100])
+def test_ramp_shape(ramped: type[BaseScheduler], clock: FakeClock, how: str, full: int) -> None:
+    a, b, c = backends(10, 10, full)
     sched = ramped(BackendGroup([a, b, c]), slow_start=SLOW, clock=clock)
     if how == "update":
         sched.update(BackendGroup([a, b]))
@@ -110,16 +125,20 @@ def test_ramp_shape(ramped: type[BaseScheduler], clock: FakeClock, how: str) -> 
         sched.mark_up(c.key)
     began = clock.now
     shape = []
-    for fraction in (0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0, 2.0):
+    for fraction in (0.0, 0.01, 0.25, 0.5, 0.75, 0.95, 1.0, 2.0):
         clock.now = began + fraction * SLOW
         weight = weight_now(sched, c.key)
         shape.append(weight)
-        assert 1 <= weight <= 20
+        assert 0 < weight <= full
         if fraction < 1:
-            assert abs(weight - 20 * fraction) <= 1, (fraction, weight)  # linear
-    assert shape[0] <= 2, "a ramp starts from a small weight"
+            assert weight == ramped_weight(full, fraction), (fraction, weight)
+            # linear, to within one step of the ramp, whatever the weight (1 included)
+            assert abs(weight - full * fraction) <= full / RAMP_STEPS, (fraction, weight)
+    assert shape[0] == full / RAMP_STEPS, "a ramp starts from a small weight"
+    assert shape[2] < shape[3] < shape[4] < shape[5] < full, "every weight ramps, 1 too"
     assert shape == sorted(shape), "a ramp never goes down"
-    assert shape[-2:] == [20, 20], "full weight at the end of the window"
+    assert shape[-2:] == [full, full], "full weight at the end of the window"
+    assert type(shape[-1]) is int
     # the others are untouched throughout
     assert weight_now(sched, a.key) == 10
     assert weight_now(sched, b.key) == 10
@@ -133,15 +152,75 @@ def test_traffic_follows_the_ramp(ramped: type[BaseScheduler], clock: FakeClock)
     for fraction in (0.0, 0.5):
         clock.now = began + fraction * SLOW
         weight = weight_now(sched, c.key)
-        periods = 5
-        got = light_load(sched, (20 + weight) * periods, start=int(fraction * 1000))
-        # within a couple of picks of the ramped share over whole periods of the weights now
-        assert abs(got[c.key] - weight * periods) <= 2, (fraction, weight, got)
+        # whole periods of the weights now, on the fine scale: 20 * 32 + 20 * k picks
+        fine = round(weight * RAMP_STEPS)
+        got = light_load(sched, 20 * RAMP_STEPS + fine, start=int(fraction * 1000))
+        # within a couple of picks of the ramped share
+        assert abs(got[c.key] - fine) <= 2, (fraction, weight, got)
         assert abs(got[a.key] - got[b.key]) <= 2
     clock.now = began + SLOW
     got = light_load(sched, 40 * 5, start=5000)
     assert abs(got[c.key] - 20 * 5) <= 2
     assert abs(got[a.key] - 10 * 5) <= 2
+
+
+@pytest.mark.parametrize("full", [1, 100])
+def test_share_of_a_ramping_backend_grows_linearly(
+    ramped: type[BaseScheduler], clock: FakeClock, full: int
+) -> None:
+    """Three backends serve; a fourth of the same weight joins and ramps. Its share, measured
+    in windows at the start, the middle and the end of the slow-start window, follows its
+    ramped weight: from 1/97 of the traffic (1/32 of a weight among 3 full ones) to 1/4.
+    Weight 1 is the default weight: it must ramp as finely as weight 100."""
+    group = BackendGroup(backends(full, full, full))
+    sched = ramped(group, slow_start=SLOW, clock=clock)
+    new = Backend("192.0.2.99", 80, full)
+    sched.update(group.with_backend(new))
+    began = clock.now
+    shares = []
+    for fraction in (0.0, 0.5, 0.9):
+        clock.now = began + fraction * SLOW
+        step = math.floor(RAMP_STEPS * fraction) + 1
+        periods = 4  # whole periods of the fine weights: 3 * 32 + step
+        got = light_load(sched, (3 * RAMP_STEPS + step) * periods, start=int(fraction * 10_000))
+        assert abs(got[new.key] - step * periods) <= 2, (fraction, got)
+        shares.append(got[new.key] / sum(got.values()))
+    assert shares[0] < 0.02, "a joining weight-1 backend does not get a full share at once"
+    assert shares[0] < shares[1] < shares[2] < 0.25
+    assert abs(shares[1] - 17 / 113) < 0.01  # step 17 of 32 at the middle
+    clock.now = began + SLOW
+    got = light_load(sched, 4 * 25, start=50_000)
+    assert abs(got[new.key] - 25) <= 2, got
+
+
+def test_ramp_follows_the_clock_pick_by_pick(
+    ramped: type[BaseScheduler], clock: FakeClock
+) -> None:
+    """The clock moves on between picks across the whole window (as in production): the
+    joining backend's share in each tenth of the window is what its weight then gives."""
+    group = BackendGroup(backends(1, 1, 1))
+    sched = ramped(group, slow_start=SLOW, clock=clock)
+    new = Backend("192.0.2.99", 80)
+    sched.update(group.with_backend(new))
+    began = clock.now
+    per_tenth = 640
+    window_shares = []
+    for tenth in range(10):
+        got = expected = 0.0
+        for i in range(per_tenth):
+            fraction = (tenth + i / per_tenth) / 10
+            clock.now = began + fraction * SLOW
+            step = math.floor(RAMP_STEPS * fraction) + 1
+            expected += step / (3 * RAMP_STEPS + step)
+            with sched.connection(client(i)) as lease:
+                got += lease.backend.key == new.key
+        # a step lasts 64 picks here: within 2 picks of the share in each step of the 3-4
+        # steps in a tenth
+        assert abs(got - expected) <= 8, (tenth, got, expected)
+        window_shares.append(got / per_tenth)
+    assert window_shares == sorted(window_shares)
+    assert window_shares[0] < 0.05
+    assert window_shares[-1] > 0.2
 
 
 def test_exact_once_the_ramp_is_over(ramped: type[BaseScheduler], clock: FakeClock) -> None:

@@ -40,6 +40,7 @@ from lbalgo import (
     WeightedLeastConnections,
 )
 from lbalgo.bench._redis_server import RedisServer
+from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import groups
 from redis_server import namespace, redis_server, redis_url, skip_without_redis
 
@@ -135,7 +136,7 @@ def test_bad_eligible_set_leaves_the_ledger_alone(
     ledger.set_eligible([("a", 2)])
     for bad, message in (
         ([("a", 0)], r"weight of 'a' .* got 0"),
-        ([("a", 101)], r"weight of 'a' .* got 101"),
+        ([("a", 3201)], r"weight of 'a' .* got 3201"),
         ([("a", 1), ("a", 2)], r"key 'a' is listed twice"),
     ):
         with pytest.raises(ValueError, match=message):
@@ -285,6 +286,37 @@ def test_slow_start_weight_lower_here_than_elsewhere(
     picks = [ramping.acquire() for _ in range(18)]
     assert picks == ["b"] * 18
     assert ramping.acquire() in {"a", "b"}  # 2/1 against 20/10: a tie
+
+
+def test_schedulers_ramping_a_weight_one_backend_share_one_scale(
+    make_ledger: Callable[..., RedisLedger],
+) -> None:
+    """Two processes, one ramping a weight-1 backend: both hand fine weights (units of
+    1/RAMP_STEPS) to Redis, so the fleet compares one scale; the ramping process gives the
+    new backend 1/32 of a full share, the steady one a full share, both exactly."""
+    clock_now = [1000.0]
+    group = BackendGroup([Backend("10.0.0.1", 80), Backend("10.0.0.2", 80)])
+    joined = group.with_backend(Backend("10.0.0.3", 80))
+    new = "10.0.0.3:80"
+    ramping = WeightedLeastConnections(
+        group, ledger=make_ledger(), slow_start=32.0, clock=lambda: clock_now[0]
+    )
+    steady = WeightedLeastConnections(joined, ledger=make_ledger())
+    ramping.update(joined)
+    assert ramping.stats()[new].effective_weight == 1 / RAMP_STEPS
+    fine = {b.key: RAMP_STEPS for b in joined}
+    assert steady.ledger._eligible == fine  # type: ignore[attr-defined]
+    assert ramping.ledger._eligible[new] == 1  # type: ignore[attr-defined]
+    held = [steady.pick().key for _ in range(3)]  # one each: the fleet counts 1, 1, 1
+    assert sorted(held) == sorted(joined.keys())
+    # here the new backend is at 1/1 (fine), the others at 1/32: they take 31 more each
+    # before it is the least loaded again
+    picks = [ramping.pick().key for _ in range(62)]
+    assert new not in picks
+    assert Counter(picks) == {"10.0.0.1:80": 31, "10.0.0.2:80": 31}
+    clock_now[0] += 32.0  # ramp over (seen at the next pick): 32/32 for every backend
+    assert ramping.pick().key == new
+    assert ramping.ledger._eligible == steady.ledger._eligible  # type: ignore[attr-defined]
 
 
 def test_scheduler_with_a_redis_ledger(make_ledger: Callable[..., RedisLedger]) -> None:

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from lbalgo import Backend, BackendGroup, Lease, NoBackendAvailable, SourceIPHash
 from lbalgo._address import STRICT_PTON, address_key
 from lbalgo._table import TABLE_SIZE
+from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import address_spellings, check_minimal_movement, client_addresses, groups
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -476,6 +477,30 @@ def test_slow_start_lowers_the_cap_of_a_ramping_backend() -> None:
     now[0] = 100.0  # ramp over: back to plain placement with full caps
     leases = [sched.connection(hot) for _ in range(20)]
     assert sum(lease.backend.key == group.keys()[0] for lease in leases) == math.ceil(1.25 * 20 / 2)
+
+
+@pytest.mark.parametrize("full", [1, 100])
+def test_a_ramping_backend_cap_grows_in_fine_steps(full: int) -> None:
+    """Weight 1 (the default) ramps too: the cap of a backend at step k of RAMP_STEPS is
+    ceil(c * (total + 1) * w * k / (fine total weight)), weights in units of 1/32."""
+    now = [0.0]
+    group = group_of(11, weight=lambda i: full)
+    first = group.keys()[0]
+    hot = next(a for a in SAMPLE if SourceIPHash(group).pick(a).key == first)
+    sched = SourceIPHash(group, balance_factor=1.25, slow_start=32.0, clock=lambda: now[0])
+    sched.mark_down(first)
+    sched.mark_up(first)
+    for step in (1, 8, 16, 32):
+        now[0] = step - 1.0  # step k from k - 1 seconds on
+        leases = [sched.connection(hot) for _ in range(200)]
+        on_ramping = sum(lease.backend.key == first for lease in leases)
+        fine_total = 10 * full * RAMP_STEPS + full * step
+        # the 200th connection saw 199 open: the cap then bounds the ramping backend
+        cap = math.ceil(Fraction(5, 4) * 200 * full * step / fine_total)
+        assert on_ramping == cap, (step, on_ramping, cap)
+        for lease in leases:
+            lease.release()
+    assert on_ramping == math.ceil(1.25 * 200 / 11)  # full weight: the plain cap
 
 
 def test_bounded_counts_survive_threads() -> None:

@@ -8,8 +8,10 @@ against both, under hypothesis-generated sequences, long enough to reach the rep
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 import roundrobin
@@ -34,6 +36,7 @@ from lbalgo import (
     StickySessions,
 )
 from lbalgo.bench import swrr as swrr_bench
+from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups
 
 
@@ -193,7 +196,21 @@ class SwrrVersusModel(RuleBasedStateMachine):
     def start(self, weights: list[int]) -> None:
         for w in weights:
             self.weights[self.new_key()] = w
-        self.sched = SmoothWeightedRoundRobin(self.group())
+        self.sched = self.make()
+
+    # the scheduler's side of each operation (the ramping variant below adds to them)
+
+    def make(self) -> SmoothWeightedRoundRobin:
+        return SmoothWeightedRoundRobin(self.group())
+
+    def update_sched(self) -> None:
+        self.sched.update(self.group())
+
+    def mark_down_sched(self, key: str) -> None:
+        self.sched.mark_down(key)
+
+    def mark_up_sched(self, key: str) -> None:
+        self.sched.mark_up(key)
 
     @rule(count=st.integers(1, 40))
     def pick_some(self, count: int) -> None:
@@ -217,22 +234,22 @@ class SwrrVersusModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def mark_down(self, data: st.DataObject) -> None:
         key = data.draw(st.sampled_from(sorted(self.weights)))
-        self.sched.mark_down(key)
         self.down.add(key)
+        self.mark_down_sched(key)
 
     @precondition(lambda self: bool(self.down))
     @rule(data=st.data())
     def mark_up(self, data: st.DataObject) -> None:
         key = data.draw(st.sampled_from(sorted(self.down)))
-        self.sched.mark_up(key)
         self.down.discard(key)
+        self.mark_up_sched(key)
 
     @precondition(lambda self: bool(self.weights))
     @rule(data=st.data(), weight=st.integers(0, 100))
     def change_weight(self, data: st.DataObject, weight: int) -> None:
         key = data.draw(st.sampled_from(sorted(self.weights)))
         self.weights[key] = weight
-        self.sched.update(self.group())
+        self.update_sched()
 
     @precondition(lambda self: len(self.weights) < 12)
     @rule(target=added, weight=st.integers(0, 100), data=st.data())
@@ -242,7 +259,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
         at = data.draw(st.integers(0, len(items)))
         items.insert(at, (key, weight))
         self.weights = dict(items)
-        self.sched.update(self.group())
+        self.update_sched()
         return key
 
     @rule(key=consumes(added))
@@ -253,7 +270,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
         self.down.discard(key)
         self.model.forget(key)
         self.picks.pop(key, None)
-        self.sched.update(self.group())
+        self.update_sched()
 
     @precondition(lambda self: len(self.weights) > 1)
     @rule(data=st.data())
@@ -261,11 +278,11 @@ class SwrrVersusModel(RuleBasedStateMachine):
         # order breaks ties; survivors keep their current weights whatever the order
         keys = data.draw(st.permutations(sorted(self.weights)))
         self.weights = {key: self.weights[key] for key in keys}
-        self.sched.update(self.group())
+        self.update_sched()
 
     @rule()
     def same_group_again(self) -> None:
-        self.sched.update(self.group())
+        self.update_sched()
 
     @invariant()
     def counts_agree(self) -> None:
@@ -281,6 +298,89 @@ SwrrVersusModel.TestCase.settings = settings(max_examples=60, stateful_step_coun
 test_swrr_versus_model = SwrrVersusModel.TestCase
 
 
+class SwrrRampsVersusModel(SwrrVersusModel):
+    """The same operations with slow start on and a clock that moves. The model follows the
+    documented rules on its own: a key that joins or comes back while another serves ramps
+    for SLOW seconds, through w * k (k = 1 .. RAMP_STEPS) on a scale where full weights are
+    w * RAMP_STEPS; current weights are scaled up when a ramp begins and folded back
+    (:func:`fold_back`) when no ramp is left, at the same moments as the scheduler's."""
+
+    SLOW = 32.0
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.ramps: dict[str, float] = {}  # key -> when its ramp began
+        self.scale = 1
+        super().__init__()
+
+    def clock(self) -> float:
+        return self.now
+
+    def make(self) -> SmoothWeightedRoundRobin:
+        return SmoothWeightedRoundRobin(self.group(), slow_start=self.SLOW, clock=self.clock)
+
+    def serving(self, besides: set[str]) -> bool:
+        return any(k not in besides for k, _ in self.taking_part())
+
+    def rescale(self) -> None:
+        """Scale up or fold back, as the scheduler does after any change."""
+        if self.ramps and self.scale == 1:
+            self.model.current = {k: v * RAMP_STEPS for k, v in self.model.current.items()}
+            self.scale = RAMP_STEPS
+        elif not self.ramps and self.scale != 1:
+            ordered = {k: self.model.current.get(k, 0) for k in self.weights}
+            self.model.current = fold_back(ordered)
+            self.scale = 1
+
+    def update_sched(self) -> None:
+        for key in [k for k in self.ramps if k not in self.weights]:
+            del self.ramps[key]
+        joining = {k for k in self.weights if k not in self.sched.group}
+        if joining and self.serving(joining):
+            self.ramps.update(dict.fromkeys(joining, self.now))
+        self.sched.update(self.group())
+        self.rescale()
+
+    def mark_down_sched(self, key: str) -> None:
+        self.ramps.pop(key, None)
+        self.sched.mark_down(key)
+        self.rescale()
+
+    def mark_up_sched(self, key: str) -> None:
+        if self.serving({key}):
+            self.ramps[key] = self.now
+        self.sched.mark_up(key)
+        self.rescale()
+
+    def taking_part(self, exclude: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+        whole = super().taking_part(exclude)
+        if self.scale == 1:
+            return whole
+        out = []
+        for key, w in whole:
+            began = self.ramps.get(key)
+            step = RAMP_STEPS
+            if began is not None:
+                step = min(RAMP_STEPS, math.floor(RAMP_STEPS * (self.now - began) / self.SLOW) + 1)
+            out.append((key, w * step))
+        return out
+
+    def check_pick(self, exclude: frozenset[str] = frozenset()) -> None:
+        ended = [k for k, began in self.ramps.items() if began + self.SLOW <= self.now]
+        for key in ended:
+            del self.ramps[key]
+        self.rescale()
+        super().check_pick(exclude)
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 7.25, 16.0, 40.0]))
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+
+
+SwrrRampsVersusModel.TestCase.settings = settings(max_examples=80, stateful_step_count=40)
+test_swrr_ramps_versus_model = SwrrRampsVersusModel.TestCase
+
+
 # -- slow start and passive health: the exact step, driven by the shared machinery --------
 
 
@@ -292,31 +392,85 @@ class FakeClock:
         return self.now
 
 
-def check_against_stats(sched: SmoothWeightedRoundRobin, model: NginxModel, count: int) -> None:
-    """Pick ``count`` times; before each, the model takes part and weights from stats()."""
+def check_against_stats(
+    sched: SmoothWeightedRoundRobin, model: NginxModel, count: int, scale: int = 1
+) -> None:
+    """Pick ``count`` times; before each, the model takes part and weights from stats(),
+    times ``scale`` (RAMP_STEPS while a ramp is on: the fine scale the steps run on)."""
     for _ in range(count):
         stats = sched.stats()
-        taking_part = [(k, s.effective_weight) for k, s in stats.items() if s.available]
+        taking_part = []
+        for key, s in stats.items():
+            if s.available:
+                weight = s.effective_weight * scale
+                assert weight == int(weight)  # ramped weights are whole on the fine scale
+                taking_part.append((key, int(weight)))
         lease = sched.connection()
         assert lease.backend.key == model.pick(taking_part)
         lease.release()
 
 
-def test_slow_start_ramp_follows_effective_weights() -> None:
+def fold_back(current: dict[str, int]) -> dict[str, int]:
+    """The documented fold at the end of the last ramp, written plainly: each current weight
+    divided by RAMP_STEPS; as many rounded up as keep the sum at its nearest whole value
+    (half up), the largest fractional parts first, ties in group order; the rest down."""
+    exact = {key: Fraction(value, RAMP_STEPS) for key, value in current.items()}
+    target = math.floor(sum(exact.values()) + Fraction(1, 2))
+    folded = {key: math.floor(value) for key, value in exact.items()}
+    ups = target - sum(folded.values())
+    keys = list(current)
+    by_part = sorted(keys, key=lambda k: (folded[k] - exact[k], keys.index(k)))
+    for key in by_part[:ups]:
+        folded[key] += 1
+    assert sum(folded.values()) == target
+    assert all(abs(folded[k] - exact[k]) < 1 for k in keys)
+    return folded
+
+
+@pytest.mark.parametrize("weights", [[10, 10, 5], [1, 1, 1], [1, 3, 2, 1], [100, 1, 37]])
+def test_slow_start_ramp_follows_effective_weights(weights: list[int]) -> None:
     clock = FakeClock()
-    sched = SmoothWeightedRoundRobin(named_group([10, 10, 5]), slow_start=30.0, clock=clock)
+    sched = SmoothWeightedRoundRobin(named_group(weights), slow_start=32.0, clock=clock)
     model = NginxModel()
     check_against_stats(sched, model, 50)
     sched.mark_down("b0")
     check_against_stats(sched, model, 20)
-    sched.mark_up("b0")  # ramps from 1 to 10 over 30 s
-    assert sched.stats()["b0"].effective_weight == 1
-    for _ in range(8):
-        check_against_stats(sched, model, 13)
-        clock.now += 5.0
-    assert sched.stats()["b0"].effective_weight == 10
-    check_against_stats(sched, model, 200)  # ramp over: back to the replayed sequence
+    assert sched._epoch is not None  # no ramp: the O(1) replay
+    sched.mark_up("b0")  # ramps from 1/32 of its weight to all of it over 32 s
+    assert sched.stats()["b0"].effective_weight == weights[0] / RAMP_STEPS
+    assert sched._epoch is None  # a ramp is on: exact O(n) steps on the fine scale
+    model.current = {key: value * RAMP_STEPS for key, value in model.current.items()}
+    for second in range(32):
+        assert sched.stats()["b0"].effective_weight == weights[0] * (second + 1) / RAMP_STEPS
+        check_against_stats(sched, model, 7, scale=RAMP_STEPS)
+        clock.now += 1.0
+    assert sched.stats()["b0"].effective_weight == weights[0]
+    # the ramp ends at the next pick: the current weights fold back to whole weights, and
+    # from there the sequence is nginx's, replayed at O(1) again
+    model.current = fold_back(model.current)
+    folded = dict(model.current)
+    check_against_stats(sched, model, 1)
+    epoch = sched._epoch
+    assert epoch is not None  # the fast path is back, from the folded state
+    assert dict(zip([slot.key for slot in epoch.slots], epoch.start, strict=True)) == folded
+    check_against_stats(sched, model, 3 * sum(weights) + 50)
     assert sched._epoch is not None
+    assert sched._epoch.cycle is not None
+
+
+def test_ramp_starts_exactly_where_nginx_stands() -> None:
+    """Scaling every weight and current weight by RAMP_STEPS changes no pick: with a ramp
+    on elsewhere, the backends at full weight keep nginx's order among themselves, and a
+    ramp that ends at once folds back to exactly the state nginx would have."""
+    clock = FakeClock()
+    group = named_group([5, 1, 1])
+    sched = SmoothWeightedRoundRobin(group, slow_start=10.0, clock=clock)
+    plain = SmoothWeightedRoundRobin(group)
+    assert keys_of(sched, 5) == keys_of(plain, 5)
+    sched.update(group.with_backend(Backend("10.0.0.9", 9000, 1, name="late")))
+    clock.now += 10.0  # over before any pick: nothing ran on the fine scale but the fold
+    plain.update(group.with_backend(Backend("10.0.0.9", 9000, 1, name="late")))
+    assert keys_of(sched, 80) == keys_of(plain, 80)
 
 
 def test_passive_health_suspension_is_skipped_like_down() -> None:

@@ -44,6 +44,7 @@ from lbalgo import (
     StickySessions,
     WeightedLeastConnections,
 )
+from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups, weights
 
 
@@ -143,8 +144,9 @@ class WlcMachine(RuleBasedStateMachine):
         self.generation[key] = self.next_generation
 
     def _eligible_weights(self, excluded: AbstractSet[str]) -> dict[str, int]:
+        # on the fine scale the ledger compares (exact: a ramped weight is k/32 of a weight)
         return {
-            key: s.effective_weight
+            key: round(s.effective_weight * RAMP_STEPS)
             for key, s in self.sched.stats().items()
             if s.available and s.effective_weight > 0 and key not in excluded
         }
@@ -290,7 +292,7 @@ def test_long_random_run_against_the_model(seed: int) -> None:
             excluded = set(rng.sample(sorted(opened), 3)) if rng.random() < 0.2 else set()
             stats = sched.stats()
             eligible = {
-                k: s.effective_weight
+                k: round(s.effective_weight * RAMP_STEPS)
                 for k, s in stats.items()
                 if s.available and s.effective_weight and k not in excluded
             }
@@ -507,18 +509,41 @@ def test_empty_group_and_all_weight_zero() -> None:
 def test_slow_start_weight_steps_without_any_other_event() -> None:
     clock = FakeClock()
     group = group_of(10)
-    sched = WeightedLeastConnections(group, slow_start=100.0, clock=clock)
+    sched = WeightedLeastConnections(group, slow_start=32.0, clock=clock)
     sched.update(group.with_backend(Backend("10.0.0.2", 80, 10)))
     new = "10.0.0.2:80"
-    assert sched.stats()[new].effective_weight == 1
-    held = [sched.pick() for _ in range(22)]  # ratios over weights 10 and 1: 20 and 2
-    assert Counter(b.key for b in held)[new] == 2
-    clock.now += 50.0  # effective weight 6 now: the new backend is the least loaded
-    assert sched.stats()[new].effective_weight == 6
-    more = [sched.pick().key for _ in range(10)]
-    assert more.count(new) == 10  # 2/6 .. 11/6 < 20/10 ... up to 12/6 = 2
-    clock.now += 60.0  # ramp over: full weight
+    assert sched.stats()[new].effective_weight == 10 / RAMP_STEPS
+    held = [sched.pick() for _ in range(66)]  # ratios over weights 320 and 10 (in 1/32)
+    assert Counter(b.key for b in held)[new] == 2  # 2/10 and 64/320 are the only balance
+    clock.now += 16.0  # step 17 of 32 now (170/32): the new backend is the least loaded
+    assert sched.stats()[new].effective_weight == 10 * 17 / RAMP_STEPS
+    more = [sched.pick().key for _ in range(32)]
+    assert more.count(new) == 32  # 2/170 .. 33/170 < 64/320 ... up to 34/170 = 64/320
+    clock.now += 16.0  # ramp over: full weight
     assert sched.stats()[new].effective_weight == 10
+    assert sched.pick().key == new  # 34/320 < 64/320
+
+
+def test_weight_one_ramps_in_fine_steps() -> None:
+    """Weight 1, the default weight: the ramping backend's ratio uses its fine weight (k in
+    units of 1/32), so under load it holds k/32 of a full backend's connections."""
+    clock = FakeClock()
+    group = group_of(1, 1, 1)
+    sched = WeightedLeastConnections(group, slow_start=32.0, clock=clock)
+    sched.update(group.with_backend(Backend("10.0.0.9", 80, 1)))
+    new = "10.0.0.9:80"
+    held = [sched.pick().key for _ in range(3 * 32 + 1)]
+    assert held.count(new) == 1  # 1 against 32 on each of the others
+    for step in (8, 16, 24, 32):
+        clock.now = 1000.0 + (step - 1)  # step k from k - 1 seconds on
+        assert sched.stats()[new].effective_weight == step / RAMP_STEPS
+        held += [sched.pick().key for _ in range(8 * 4)]
+        counts = Counter(held)
+        # exact least ratio: the new backend at count c and weight step/32 against 32 + x
+        # on each weight-1 backend: c / step is within one pick of (32 + x) / 32
+        full = [counts[b.key] for b in group]
+        assert max(full) - min(full) <= 1
+        assert abs(counts[new] / step - min(full) / RAMP_STEPS) <= 1 / step + 1 / 32, counts
 
 
 def test_passive_health_suspends_and_lets_connections_drain() -> None:
@@ -801,7 +826,7 @@ def test_ledger_counts_drain_and_forget() -> None:
     ("weights", "match"),
     [
         ([("a", 0)], "weight of 'a'"),
-        ([("a", 101)], "weight of 'a'"),
+        ([("a", 3201)], "weight of 'a'"),
         ([("a", True)], "weight of 'a'"),
         ([("a", 1.5)], "weight of 'a'"),
         ([("a", 1), ("a", 2)], "'a' is listed twice"),
@@ -952,7 +977,7 @@ def test_local_ledger_follows_its_documented_rule(
 
 
 def test_a_ramp_step_lost_to_float_rounding_costs_one_rebuild_not_one_per_pick() -> None:
-    """At 1000.1 + 4 * 30 / 5 the float arithmetic still says weight 4: the scheduler must
+    """At 1000.1 + 26 * 30 / 32 the float arithmetic still says step 26: the scheduler must
     not rebuild on every pick while the clock reads that same instant."""
     clock = FakeClock()
     clock.now = 1000.1
@@ -960,9 +985,32 @@ def test_a_ramp_step_lost_to_float_rounding_costs_one_rebuild_not_one_per_pick()
     group = group_of(5)
     sched = WeightedLeastConnections(group, ledger=ledger, slow_start=30.0, clock=clock)
     sched.update(group.with_backend(Backend("10.0.0.2", 80, 5)))
-    clock.now = 1000.1 + 4 * 30.0 / 5
-    assert sched.stats()["10.0.0.2:80"].effective_weight == 4
+    clock.now = 1000.1 + 26 * 30.0 / RAMP_STEPS
+    assert sched.stats()["10.0.0.2:80"].effective_weight == 5 * 26 / RAMP_STEPS
     before = ledger.calls["set_eligible"]
     for _ in range(5):
         sched.release(sched.pick())
     assert ledger.calls["set_eligible"] - before <= 1
+
+
+def test_fine_weights_leave_the_local_ledger_integers_as_they_were() -> None:
+    """The scheduler hands weights over on the fine scale (w * RAMP_STEPS). Scaling every
+    weight alike scales M = lcm(weights, total) alike, so without a ramp the ledger runs on
+    exactly the integers whole weights give: the no-ramp path costs what it did."""
+    rng = random.Random(7)
+    whole, fine = LocalLedger(), LocalLedger()
+    keys = [f"k{i}" for i in range(12)]
+    for _ in range(40):
+        chosen = [k for k in keys if rng.random() < 0.8] or keys[:1]
+        weights = [(k, rng.randint(1, 100)) for k in chosen]
+        whole.set_eligible(weights)
+        fine.set_eligible([(k, w * RAMP_STEPS) for k, w in weights])
+        for _ in range(50):
+            if rng.random() < 0.6:
+                assert whole.acquire() == fine.acquire()
+            else:
+                key = rng.choice(keys)
+                whole.release(key)
+                fine.release(key)
+        for attr in ("_unit", "_start", "_load", "_vt", "_step"):
+            assert getattr(whole, attr) == getattr(fine, attr), attr

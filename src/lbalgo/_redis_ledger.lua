@@ -42,9 +42,11 @@ end
 
 local function khash(key) return P .. "k:" .. key end
 
--- Virtual times are floats; rounded to 2^-24 when compared, so that times equal as
+-- Virtual times are floats; rounded to 2^-29 when compared, so that times equal as
 -- fractions (1/6 added six times, and 1) compare equal whichever way they were summed.
-local GRID = 16777216
+-- Weights come in units of 1/32 (RAMP_STEPS): every time is 1/32 of what whole weights give,
+-- exactly (a power of two), and 2^-29 is 2^-24 on the scale of whole weights.
+local GRID = 536870912
 local function grid(x) return math.floor(x * GRID + 0.5) / GRID end
 
 -- Put key's member and score in q from its hash (after a count, weight or schedule change).

@@ -18,6 +18,9 @@ from collections.abc import Set as AbstractSet
 from heapq import heapify, heappop, heappush
 from typing import Any, Protocol, runtime_checkable
 
+from lbalgo.backend import MAX_WEIGHT
+from lbalgo.scheduler import RAMP_STEPS
+
 __all__ = ["ConnectionLedger", "LocalLedger"]
 
 
@@ -54,10 +57,14 @@ class ConnectionLedger(Protocol):
     def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
         """Replace the eligible set: ``(key, effective_weight)`` pairs in group order.
 
-        Every weight is an ``int`` from 1 to 100 (the scheduler leaves out weight-0, down
-        and suspended backends); keys are unique; the order is the group's and is what
-        breaks ties that nothing else breaks. Keys that are not listed keep their counts
-        (they drain) and are never returned by :meth:`acquire` until listed again.
+        Every weight is an ``int`` from 1 to ``MAX_WEIGHT * RAMP_STEPS`` (3200), in units
+        of ``1 / RAMP_STEPS`` of a backend weight: a backend at its full weight ``w`` is
+        listed as ``w * 32``, one at step ``k`` of a slow-start ramp as ``w * k`` (see
+        :data:`lbalgo.scheduler.RAMP_STEPS`); only ratios between weights matter. The
+        scheduler leaves out weight-0, down and suspended backends; keys are unique; the
+        order is the group's and is what breaks ties that nothing else breaks. Keys that are
+        not listed keep their counts (they drain) and are never returned by :meth:`acquire`
+        until listed again.
 
         Called under the scheduler's lock whenever membership, weights, health marks,
         slow-start ramps or suspensions change: O(n) is fine here, the hot path is
@@ -145,7 +152,10 @@ class LocalLedger:
     one pick at its next acquire, so when load drops nobody gets a burst of catch-up picks.
 
     Ratios and virtual times are integers scaled by ``M = lcm(weights, total weight)``, so
-    every comparison is exact. Heaps with lazy deletion (a stale entry carries an old stamp
+    every comparison is exact. Multiplying every weight by one factor (the scheduler's
+    :data:`~lbalgo.scheduler.RAMP_STEPS`) multiplies ``M`` by it too and leaves every one of
+    these integers as it was; only a slow-start ramp in progress, whose step ``k`` enters
+    ``M``, makes them larger. Heaps with lazy deletion (a stale entry carries an old stamp
     and is dropped when it surfaces; all are rebuilt in O(n) after about 2n entries were
     queued): ready keys by ``(ratio, F)``; waiting keys with no connection ("idle")
     by ``S``; waiting keys with connections ("busy") by ``(ratio, S)`` and by ``S``. The idle
@@ -219,7 +229,7 @@ class LocalLedger:
         Keys that stay eligible keep their counts and their place in the tie-break schedule
         (rescaled to the new weights); keys that join start level with the clock; keys that
         leave keep their counts while they drain. ``ValueError`` naming the key and the value
-        for a weight outside 1..100 or a repeated key, with the ledger unchanged.
+        for a weight outside 1..3200 or a repeated key, with the ledger unchanged.
         """
         entries = list(weights)
         seen: set[str] = set()
@@ -548,6 +558,6 @@ class LocalLedger:
         self._limit = _MIN_HEAP_LIMIT + 2 * len(self._keys)
 
 
-_MAX_WEIGHT = 100  # lbalgo.backend.MAX_WEIGHT, repeated to keep this module free of imports
+_MAX_WEIGHT = MAX_WEIGHT * RAMP_STEPS  # a full weight of 100 on the schedulers' fine scale
 _MIN_HEAP_LIMIT = 64
 _READY, _IDLE, _BUSY, _PENDING = range(4)  # where a key's current entry is (see _advance)

@@ -30,6 +30,7 @@ from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidGroupError, NoBackendAvailable
 
 __all__ = [
+    "RAMP_STEPS",
     "BackendStats",
     "BaseScheduler",
     "Client",
@@ -37,6 +38,19 @@ __all__ = [
     "Lease",
     "Scheduler",
 ]
+
+RAMP_STEPS = 32
+"""Steps of a slow-start ramp, and the fine scale of effective weights while one is on.
+
+A ramping backend's effective weight is ``weight * k / RAMP_STEPS``, ``k`` going from 1 to
+``RAMP_STEPS`` in equal steps of time, so every weight, 1 included, ramps through the same
+32 steps from 1/32 of its weight. Schedulers compare such weights as integers in units of
+``1 / RAMP_STEPS`` (a full weight ``w`` is ``w * RAMP_STEPS``): scaling every weight by the
+same factor changes no ratio, so the choice stays exact. 32 keeps a step at about 1 s of the
+shortest ramp the cloud product allows (30 s) and the fine weights small (at most 3200); a
+power of two keeps ``k / RAMP_STEPS`` exact as a float. HAProxy scales weights the same way
+(``BE_WEIGHT_SCALE = 16``) for the same reason.
+"""
 
 Client: TypeAlias = str | IPv4Address | IPv6Address | None
 """What ``pick`` accepts as the client: a source address (or, for sticky sessions, a key)."""
@@ -55,8 +69,11 @@ class BackendStats:
     the picks not yet released; ``failures`` every failure reported through ``Lease.fail()``
     (or ``release(..., failed=True)``); ``up`` the health checker's mark; ``available``
     whether it can take a new request now (up, weight above 0, not suspended by passive
-    health); ``effective_weight`` its weight now (lower while slow start ramps it up, 0 when
-    not available).
+    health); ``effective_weight`` its weight now, in the backend's own weight units: its
+    ``weight`` (an ``int``) when it serves at full weight, 0 when not available, and while
+    slow start ramps it up the exact fraction ``weight * k / RAMP_STEPS`` (a ``float``, ``k``
+    from 1 to :data:`RAMP_STEPS`; 1/32 of the weight at first, so a weight-1 backend shows
+    0.03125, 0.0625, ... 1).
     """
 
     backend: Backend
@@ -65,7 +82,7 @@ class BackendStats:
     failures: int
     up: bool
     available: bool
-    effective_weight: int
+    effective_weight: float
 
 
 @runtime_checkable
@@ -253,7 +270,10 @@ class BaseScheduler(ABC):
 
     ``slow_start``: seconds over which a backend that joins by ``update``, returns by
     ``mark_up`` or passes its passive-health trial ramps linearly to its full weight (0
-    disables it). Never at construction, never while no other backend serves.
+    disables it), in :data:`RAMP_STEPS` equal steps from ``1 / RAMP_STEPS`` of it, whatever
+    the weight (``_fine_weight`` gives algorithms the effective weights on that fine integer
+    scale).
+    Never at construction, never while no other backend serves.
     ``max_fails`` / ``fail_timeout``: passive health as nginx's options of the same names
     (``max_fails=0`` disables it): ``max_fails`` failures within a sliding ``fail_timeout``
     window suspend a backend for ``fail_timeout``; then ONE trial request goes to it; its
@@ -414,18 +434,35 @@ class BaseScheduler(ABC):
         """Whether ``slot`` may take a new request at ``now`` (exclusions aside)."""
         return slot.up and slot.backend.weight > 0 and slot.suspended_until <= now
 
-    def _effective_weight(self, slot: _Slot, now: float) -> int:
-        """The weight ``slot`` has at ``now``: ramping during slow start, 0 if not eligible."""
+    def _fine_weight(self, slot: _Slot, now: float) -> int:
+        """The weight ``slot`` has at ``now`` in units of ``1 / RAMP_STEPS``: its weight times
+        :data:`RAMP_STEPS` at full weight, ``weight * k`` at step ``k`` of a ramp, 0 if not
+        eligible. Comparing these instead of whole weights changes no ratio between backends
+        at full weight, and lets a weight-1 backend ramp as finely as a weight-100 one."""
         if not self._eligible(slot, now):
             return 0
         weight = slot.backend.weight
+        return weight * self._ramp_step(slot, now)
+
+    def _ramp_step(self, slot: _Slot, now: float) -> int:
+        """Where ``slot``'s ramp stands at ``now``: step 1 at its start, one more every
+        ``slow_start / RAMP_STEPS`` seconds, :data:`RAMP_STEPS` at full weight (no ramp)."""
         if slot.ramp_start is None:
-            return weight
+            return RAMP_STEPS
         elapsed = now - slot.ramp_start
         if elapsed >= self._slow_start:
-            return weight
-        # linear from 1 at the start to the full weight at the end of the window
-        return max(1, min(weight, math.floor(weight * elapsed / self._slow_start) + 1))
+            return RAMP_STEPS
+        return max(1, min(RAMP_STEPS, math.floor(RAMP_STEPS * elapsed / self._slow_start) + 1))
+
+    def _effective_weight(self, slot: _Slot, now: float) -> float:
+        """The weight ``slot`` has at ``now`` in its own units (see :class:`BackendStats`):
+        its ``int`` weight at full weight, 0 if not eligible, an exact ``float`` fraction of
+        it while ramping."""
+        if not self._eligible(slot, now):
+            return 0
+        weight = slot.backend.weight
+        step = self._ramp_step(slot, now)
+        return weight if step == RAMP_STEPS else weight * step / RAMP_STEPS
 
     def _tick(self, now: float) -> None:
         """End finished ramps and lift finished suspensions (under the lock), then rebuild."""

@@ -84,7 +84,8 @@ class SourceIPHash(BaseScheduler):
     the same order. ``balance_factor=c`` (> 1) caps every backend's open connections at
     ``ceil(c * (total_open + 1) * weight / total_weight)``: a client whose backend is full
     spills to its next choice (consistent hashing with bounded loads, Mirrokni et al.).
-    ``slow_start`` only lowers that cap while a backend ramps (placement never ramps: it would
+    ``slow_start`` only lowers that cap while a backend ramps, from 1/32 of its full-weight
+    cap in :data:`~lbalgo.scheduler.RAMP_STEPS` steps (placement never ramps: it would
     move its clients twice); ``max_fails``/``fail_timeout`` as in :class:`BaseScheduler`.
 
     >>> from lbalgo import Backend, BackendGroup
@@ -198,12 +199,15 @@ class SourceIPHash(BaseScheduler):
                     return slot
             raise self._no_backend(exclude)
         total = self._total_open
-        weight_sum = self._current_weight_sum(now)
+        # while a ramp is on, weights in units of 1/RAMP_STEPS: the cap's ratio is the same
+        # for every backend at full weight, and a ramping one's cap grows in fine steps
+        fine = self._any_ramp
+        weight_sum = self._fine_weight_sum(now) if fine else self._weight_sum
         numerator, denominator = bound.numerator, bound.denominator
         for slot in candidates:
             if slot.key in exclude or not self._eligible(slot, now):
                 continue
-            weight = self._effective_weight(slot, now)
+            weight = self._fine_weight(slot, now) if fine else slot.backend.weight
             # open < ceil(c * (total + 1) * w / W), in exact integer arithmetic
             limit = numerator * (total + 1) * weight
             cap = -(-limit // (denominator * weight_sum))
@@ -294,10 +298,8 @@ class SourceIPHash(BaseScheduler):
             slot for slot in self._order if weights.get(slot.key, 0) > 0
         )
 
-    def _current_weight_sum(self, now: float) -> int:
-        if not self._any_ramp:
-            return self._weight_sum
-        return sum(self._effective_weight(slot, now) for slot in self._order)
+    def _fine_weight_sum(self, now: float) -> int:
+        return sum(self._fine_weight(slot, now) for slot in self._order)
 
     def _choices(self, key: bytes) -> Iterator[_Slot]:
         """The client's fixed order of choices: the backends by score at its cell (the first

@@ -23,6 +23,7 @@ from typing import TypeAlias
 
 from lbalgo.backend import MAX_BACKENDS, Backend, BackendGroup
 from lbalgo.scheduler import (
+    RAMP_STEPS,
     BaseScheduler,
     Client,
     Clock,
@@ -221,6 +222,29 @@ class _Epoch:
         ]
 
 
+def _unscale(values: Sequence[int]) -> list[int]:
+    """Current weights on the fine scale of a ramp (units of ``1 / RAMP_STEPS``) back in whole
+    weights, when the last ramp ends: each is divided by :data:`~lbalgo.scheduler.RAMP_STEPS`
+    and rounded down or up, by the largest-remainder rule: just enough of them round up for
+    the sum to be the old sum divided likewise (rounded half up if not whole), the largest
+    remainders first, ties in group order. So each value moves by less than 1, and a sum of
+    0, which nginx's current weights keep (each step adds the total and takes it away once),
+    stays 0.
+
+    >>> _unscale([40, -40, 0]), _unscale([48, -36, -12]), _unscale([16, 16, -32])
+    ([1, -1, 0], [1, -1, 0], [1, 0, -1])
+    """
+    floors = [value // RAMP_STEPS for value in values]
+    target = (sum(values) + RAMP_STEPS // 2) // RAMP_STEPS
+    ups = target - sum(floors)  # from 0 to len(values): remainders are below RAMP_STEPS
+    by_remainder = sorted(
+        range(len(values)), key=lambda i: (floors[i] * RAMP_STEPS - values[i], i)
+    )
+    for i in by_remainder[:ups]:
+        floors[i] += 1
+    return floors
+
+
 class SmoothWeightedRoundRobin(BaseScheduler):
     """nginx's smooth weighted round robin, with the same sequence, at O(1) a pick.
 
@@ -241,10 +265,18 @@ class SmoothWeightedRoundRobin(BaseScheduler):
     nginx skips a down or already tried peer: it takes no part in that pick, its current
     weight does not move, and the total is the sum over the backends that take part.
     ``update(group)``: surviving keys keep their current weight, new keys start at 0, removed
-    keys are forgotten; a new weight counts from the next pick. Slow start ramps take the
-    effective weight from the shared machinery (nginx also lowers a peer's effective weight
-    after each failure; here passive health suspends instead, as ``max_fails`` does, so that
-    part of nginx is not reproduced).
+    keys are forgotten; a new weight counts from the next pick. nginx also lowers a peer's
+    effective weight after each failure; here passive health suspends instead, as
+    ``max_fails`` does, so that part of nginx is not reproduced.
+
+    Slow start. While any ramp is on, the steps run on the fine scale of
+    :data:`~lbalgo.scheduler.RAMP_STEPS`: every weight and current weight is multiplied by
+    32 (nginx's step is linear in them, so it picks exactly as before), and a ramping
+    backend of weight ``w`` takes part with ``w * k`` for ``k`` = 1 .. 32, so a weight-1
+    backend ramps from 1/32 of its share in 32 steps like any other. When the last ramp ends,
+    the current weights are divided by 32 and rounded by the largest-remainder rule (each
+    moves by less than 1; their sum, 0 as nginx keeps it, stays 0; see ``_unscale``), and
+    from that state the sequence is nginx's again, replayed at O(1).
 
     >>> sched.mark_down("a")
     >>> " ".join(sched.pick().key for _ in range(4))
@@ -295,6 +327,8 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         self._stream: _Stream = _EMPTY
         self._chunk = _FIRST_CHUNK
         self._takes = 0  # picks made by _take (sticky sessions) since the replay started
+        # 1, or RAMP_STEPS while a slow-start ramp is on: the unit of the current weights
+        self._scale = 1
         super().__init__(
             group,
             slow_start=slow_start,
@@ -343,10 +377,11 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         best_value = 0
         total = 0
         taking_part = []
+        fine = self._scale != 1
         for slot in self._order:
             if slot.key in exclude or not self._eligible(slot, now):
                 continue
-            weight = self._effective_weight(slot, now)
+            weight = self._fine_weight(slot, now) if fine else slot.backend.weight
             value = current[slot] + weight
             total += weight
             taking_part.append((slot, weight))
@@ -367,6 +402,17 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         self._fold()
         current = self._current
         self._current = {slot: current.get(slot, 0) for slot in self._order}
+        ramping = self._ramping()
+        if ramping and self._scale == 1:
+            # nginx's steps are linear in the weights: on weights and current weights all
+            # scaled by RAMP_STEPS they pick exactly as before, and a ramp can step finely
+            self._current = {slot: value * RAMP_STEPS for slot, value in self._current.items()}
+            self._scale = RAMP_STEPS
+        elif not ramping and self._scale != 1:
+            self._current = dict(
+                zip(self._current, _unscale(list(self._current.values())), strict=True)
+            )
+            self._scale = 1
         self._start_epoch()
 
     # -- internals ---------------------------------------------------------------------------
@@ -386,7 +432,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         """Start generating from the current weights if nothing depends on the clock."""
         self._stream = _EMPTY
         self._epoch = None
-        if self._next_event != math.inf or any(
+        if self._next_event != math.inf or self._scale != 1 or any(
             slot.suspended_until != -math.inf and slot.up and slot.backend.weight > 0
             for slot in self._order
         ):

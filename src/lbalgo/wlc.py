@@ -13,7 +13,7 @@ import time
 
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.ledger import ConnectionLedger, LocalLedger
-from lbalgo.scheduler import BaseScheduler, Client, Clock, Exclude, _Slot
+from lbalgo.scheduler import RAMP_STEPS, BaseScheduler, Client, Clock, Exclude, _Slot
 
 __all__ = ["WeightedLeastConnections"]
 
@@ -31,7 +31,10 @@ class WeightedLeastConnections(BaseScheduler):
     Weight 0, ``mark_down`` and passive-health suspensions stop new picks while the open
     connections drain through ``release``; counts are kept by backend key, so a backend
     whose weight changed since the pick is released the same way, and ``update`` keeps the
-    counts of every key that stays. With ``slow_start`` the weight in the ratio ramps up.
+    counts of every key that stays. With ``slow_start`` the weight in the ratio ramps up in
+    :data:`~lbalgo.scheduler.RAMP_STEPS` steps from 1/32 of the backend's weight, weight 1
+    included: the ledger compares weights in units of 1/32 (a full weight ``w`` is handed
+    over as ``w * 32``; scaling every weight alike leaves every ratio's order as it was).
 
     ``ledger``: where counts live and the choice is made; ``None`` (the default) is a fresh
     in-process :class:`~lbalgo.ledger.LocalLedger`. Give each scheduler its own ledger
@@ -136,13 +139,16 @@ class WeightedLeastConnections(BaseScheduler):
         eligible: list[tuple[str, int]] = []
         next_step = math.inf
         for slot in self._order:
-            weight = self._effective_weight(slot, now)
+            weight = self._fine_weight(slot, now)
             if weight:
                 eligible.append((slot.key, weight))
-                full = slot.backend.weight
-                if slot.ramp_start is not None and weight < full:
-                    # _effective_weight steps up once weight * elapsed / slow_start reaches it
-                    next_step = min(next_step, slot.ramp_start + weight * self._slow_start / full)
+                if slot.ramp_start is not None:
+                    step = weight // slot.backend.weight
+                    if step < RAMP_STEPS:
+                        # _ramp_step moves to step + 1 once RAMP_STEPS * elapsed / slow_start
+                        # reaches step
+                        due = slot.ramp_start + step * self._slow_start / RAMP_STEPS
+                        next_step = min(next_step, due)
         # float rounding can put a step a hair before the weight actually moves: try again
         # at the next clock reading rather than at every pick of this one
         self._next_step = next_step if next_step > now else math.nextafter(now, math.inf)

@@ -36,7 +36,7 @@ class ScanLeastConnections(BaseScheduler):
     def _rebuild(self) -> None:
         now = self._now()
         self._eligible_slots = [
-            (slot, weight) for slot in self._order if (weight := self._effective_weight(slot, now))
+            (slot, weight) for slot in self._order if (weight := self._fine_weight(slot, now))
         ]
         self._open = {slot.key: self._open.get(slot.key, 0) for slot in self._order}
 
