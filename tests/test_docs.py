@@ -1,0 +1,80 @@
+"""The documentation site: every public name in the API reference, a strict build, and the
+docstring rewriting the build applies (tools/griffe_rst.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import lbalgo
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def _load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("griffe_rst", ROOT / "tools" / "griffe_rst.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    api = (DOCS / "api.md").read_text()
+    entries = set(re.findall(r"^::: lbalgo\.(\w+)", api, flags=re.MULTILINE))
+    missing = sorted(set(lbalgo.__all__) - entries)
+    assert not missing, f"add '::: lbalgo.NAME' to docs/api.md for: {missing}"
+    unknown = sorted(entries - set(lbalgo.__all__) - {"testing", "simulate"})
+    assert not unknown, f"docs/api.md documents names lbalgo does not export: {unknown}"
+
+
+def test_every_page_is_in_the_nav() -> None:
+    config = (ROOT / "mkdocs.yml").read_text()
+    pages = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
+    assert pages
+    for page in pages:
+        assert f" {page}\n" in config, f"{page} is not in mkdocs.yml's nav"
+
+
+def test_rewrite_fences_examples_and_drops_roles() -> None:
+    tool = _load_tool()
+    text = "See :class:`~lbalgo.Lease` and :func:`lbalgo.attempts`.\n>>> 1 + 1\n2\n\nAfter."
+    assert tool.rewrite(text) == (
+        "See `Lease` and `lbalgo.attempts`.\n\n```pycon\n>>> 1 + 1\n2\n```\n\nAfter."
+    )
+    fenced = "```python\n>>> x\n```"
+    assert tool.rewrite(fenced) == fenced  # already fenced: left alone
+    assert tool.rewrite(">>> 1\n1") == "```pycon\n>>> 1\n1\n```"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed")
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "", "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "api" / "index.html").exists()
+
+
+def test_simulator_page_shows_the_real_output(capsys: pytest.CaptureFixture[str]) -> None:
+    from lbalgo.cli import main
+
+    page = (DOCS / "simulator.md").read_text()
+    command = "$ lbalgo simulate --algorithm swrr --requests 700\n"
+    shown = page.split(command, 1)[1].split("```", 1)[0]
+    assert main(["simulate", "--algorithm", "swrr", "--requests", "700"]) == 0
+    assert capsys.readouterr().out == shown

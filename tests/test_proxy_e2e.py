@@ -1,0 +1,461 @@
+"""End to end: examples/proxy.py carrying real HTTP between real sockets, loopback only.
+
+Backends are standard-library HTTP servers on 127.0.0.1 (each answers with its name); the
+proxy runs as a subprocess exactly as a user starts it; clients are ``http.client``. Every
+wait is bounded by a timeout, and every load loop by a request count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lbalgo import Backend, BackendGroup, SourceIPHash
+
+PROXY = Path(__file__).resolve().parent.parent / "examples" / "proxy.py"
+TIMEOUT = 10.0  # seconds: the bound on every single wait in this module
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Backend
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test output is for failures."""
+
+    def _reply(self, status: int, body: bytes, *, chunked: bool = False) -> None:
+        self.server.record()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Backend", self.server.name)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(body), 7):
+                piece = body[start : start + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def _info(self, **extra: object) -> bytes:
+        info = {
+            "backend": self.server.name,
+            "path": self.path,
+            "xff": self.headers.get("X-Forwarded-For"),
+            "connection": self.headers.get("Connection"),
+            **extra,
+        }
+        return json.dumps(info).encode()
+
+    def do_GET(self) -> None:
+        if self.path == "/hold":  # a long request: answered once the test opens the gate
+            self.server.holding.set()
+            self.server.gate.wait(TIMEOUT)
+        self._reply(200, self._info(), chunked=self.path == "/chunked")
+
+    def do_POST(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.read(2)
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        digest = hashlib.sha256(body).hexdigest()
+        self._reply(200, self._info(length=len(body), sha256=digest))
+
+
+class _Backend(ThreadingHTTPServer):
+    """One loopback HTTP backend that answers with its name and counts what it served."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.name = name
+        self.served = 0
+        self.holding = threading.Event()
+        self.gate = threading.Event()
+        self._count_lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        self.alive = True
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def record(self) -> None:
+        with self._count_lock:
+            self.served += 1
+
+    def kill(self) -> None:
+        """Stop accepting and close the listening socket: later connects are refused."""
+        self.gate.set()
+        if self.alive:
+            self.alive = False
+            self.shutdown()
+            self.server_close()
+            self._thread.join(TIMEOUT)
+
+
+class _Proxy:
+    """examples/proxy.py in a subprocess, listening on a free loopback port."""
+
+    def __init__(
+        self,
+        algorithm: str,
+        backends: list[tuple[_Backend, int]],
+        tmp: Path,
+        extra: Sequence[str] = (),
+    ) -> None:
+        args = [sys.executable, str(PROXY), "--listen", "127.0.0.1:0", "--algorithm", algorithm]
+        args += extra
+        for backend, weight in backends:
+            args += ["--backend", f"127.0.0.1:{backend.port}={weight}"]
+        self.log = tmp / "proxy.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], TIMEOUT)
+        line = self.process.stdout.readline().decode() if ready else ""
+        if not line.startswith("listening on http://127.0.0.1:"):
+            self.stop()
+            raise AssertionError(f"proxy did not start: {line!r} {self.log.read_text()}")
+        self.port = int(line.split("http://127.0.0.1:", 1)[1].split()[0])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(TIMEOUT)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def request(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        chunked: bool = False,
+        source: str | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection(
+            "127.0.0.1",
+            self.port,
+            timeout=TIMEOUT,
+            source_address=(source, 0) if source else None,
+        )
+        try:
+            if chunked:
+                assert body is not None
+                pieces = iter([body[:5], body[5:]])
+                connection.request(method, path, pieces, headers or {}, encode_chunked=True)
+            else:
+                connection.request(method, path, body, headers or {})
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def backends() -> Iterator[list[_Backend]]:
+    servers = [_Backend(name) for name in ("a", "b", "c")]
+    yield servers
+    for server in servers:
+        server.kill()
+
+
+def _start(
+    request: pytest.FixtureRequest,
+    algorithm: str,
+    backends: list[_Backend],
+    weights: list[int],
+    *extra: str,
+) -> _Proxy:
+    tmp: Path = request.getfixturevalue("tmp_path")
+    proxy = _Proxy(algorithm, list(zip(backends, weights, strict=True)), tmp, extra)
+    request.addfinalizer(proxy.stop)
+    return proxy
+
+
+def _name(body: bytes) -> str:
+    return str(json.loads(body)["backend"])
+
+
+def test_swrr_splits_5_1_1_exactly_in_nginx_order(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "swrr", backends, [5, 1, 1])
+    names = []
+    for _ in range(70):
+        status, _, body = proxy.request()
+        assert status == 200
+        names.append(_name(body))
+    assert names[:7] == ["a", "a", "b", "a", "c", "a", "a"]
+    assert Counter(names) == {"a": 50, "b": 10, "c": 10}
+    assert [b.served for b in backends] == [50, 10, 10]
+
+
+def test_keep_alive_connection_carries_many_requests(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "swrr", backends, [5, 1, 1])
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=TIMEOUT)
+    try:
+        names = []
+        for _ in range(14):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.getheader("Connection") is None  # kept alive
+            names.append(_name(response.read()))
+            sock = connection.sock
+        assert connection.sock is sock  # one TCP connection all along
+    finally:
+        connection.close()
+    assert Counter(names) == {"a": 10, "b": 2, "c": 2}
+
+
+def test_wlc_follows_weights_when_requests_do_not_overlap(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "wlc", backends, [5, 1, 1])
+    counts = Counter(_name(proxy.request()[2]) for _ in range(70))
+    assert abs(counts["a"] - 50) <= 1
+    assert abs(counts["b"] - 10) <= 1
+    assert abs(counts["c"] - 10) <= 1
+
+
+def test_wlc_avoids_backends_busy_with_long_requests(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "wlc", backends, [1, 1, 1])
+    held: list[str] = []
+
+    def long_request() -> None:
+        held.append(_name(proxy.request(path="/hold")[2]))
+
+    first = threading.Thread(target=long_request)
+    first.start()
+    deadline = time.monotonic() + TIMEOUT
+    busy: list[_Backend] = []
+    while not busy and time.monotonic() < deadline:
+        busy = [b for b in backends if b.holding.wait(0.01)]
+    assert len(busy) == 1
+    # the long request's lease stays open while it is in flight: short ones go elsewhere
+    quick = [_name(proxy.request()[2]) for _ in range(6)]
+    assert busy[0].name not in quick
+    assert Counter(quick) == {b.name: 3 for b in backends if b is not busy[0]}
+    busy[0].gate.set()
+    first.join(TIMEOUT)
+    assert held == [busy[0].name]
+
+
+def test_forwarded_for_and_hop_by_hop_headers(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "swrr", backends, [1, 1, 1])
+    _, _, body = proxy.request(headers={"X-Forwarded-For": "203.0.113.7"})
+    info = json.loads(body)
+    assert info["xff"] == "203.0.113.7, 127.0.0.1"
+    assert info["connection"] == "close"  # the proxy's own hop to the backend
+    _, _, body = proxy.request(path="/a/b?c=d")
+    assert json.loads(body)["xff"] == "127.0.0.1"
+    assert json.loads(body)["path"] == "/a/b?c=d"
+
+
+def test_request_and_response_bodies_in_both_framings(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "swrr", backends, [1, 1, 1])
+    payload = bytes(range(256)) * 300  # 76,800 bytes: several reads and writes
+    digest = hashlib.sha256(payload).hexdigest()
+    status, _, body = proxy.request("POST", "/upload", body=payload)
+    assert status == 200
+    assert json.loads(body)["sha256"] == digest
+    status, _, body = proxy.request("POST", "/upload", body=payload, chunked=True)
+    assert status == 200
+    assert json.loads(body)["length"] == len(payload)
+    assert json.loads(body)["sha256"] == digest
+    status, headers, body = proxy.request("GET", "/chunked")
+    assert status == 200
+    assert headers.get("Transfer-Encoding") == "chunked"
+    assert json.loads(body)["path"] == "/chunked"
+
+
+def test_source_ip_hash_uses_the_peer_address(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "source-ip-hash", backends, [1, 1, 1])
+    group = BackendGroup(Backend("127.0.0.1", b.port) for b in backends)
+    by_port = {b.port: b.name for b in backends}
+    for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        expected = by_port[SourceIPHash(group).pick(source).port]
+        got = {_name(proxy.request(source=source)[2]) for _ in range(5)}
+        assert got == {expected}, source
+
+
+def test_a_backend_killed_mid_run_fails_no_request(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "swrr", backends, [5, 1, 1])
+    statuses: list[int] = []
+    names: list[str] = []
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def client() -> None:
+        for _ in range(40):
+            status, _, body = proxy.request()
+            with lock:
+                statuses.append(status)
+                names.append(_name(body) if status == 200 else "")
+                if len(statuses) == 30:
+                    backends[1].kill()
+                    killed.set()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(4 * TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert killed.is_set()
+    assert len(statuses) == 160
+    assert statuses == [200] * 160
+    after = names[35:]  # a few requests may have been in flight on b as it was killed
+    assert "b" not in after
+    assert Counter(after)["a"] > Counter(after)["c"] > 0
+
+
+def test_killed_between_requests_then_all_dead_gives_502(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "wlc", backends, [5, 1, 1])
+    for _ in range(7):
+        assert proxy.request()[0] == 200
+    backends[0].kill()
+    names = []
+    for _ in range(20):
+        status, _, body = proxy.request()
+        assert status == 200
+        names.append(_name(body))
+    assert set(names) == {"b", "c"}
+    backends[1].kill()
+    backends[2].kill()
+    status, _, body = proxy.request()
+    assert status == 502
+    assert body.startswith(b"every backend failed (")
+    # every backend is now suspended by passive health; the proxy itself keeps answering
+    status, _, body = proxy.request()
+    assert status == 502
+    assert body.startswith(b"no backend available")
+
+
+def test_malformed_request_gets_400(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    import socket
+
+    proxy = _start(request, "swrr", backends, [1, 1, 1])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n")
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert [b.served for b in backends] == [0, 0, 0]
+
+
+def test_expect_100_continue(request: pytest.FixtureRequest, backends: list[_Backend]) -> None:
+    import socket
+
+    proxy = _start(request, "swrr", backends, [1, 1, 1])
+    body = b"x" * 1000
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        interim = sock.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Connection: close" in head
+    assert json.loads(payload)["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_idle_client_connections_are_closed(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    import socket
+
+    proxy = _start(request, "swrr", backends, [1, 1, 1], "--idle-timeout", "0.3")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the proxy, not by our timeout
+        assert time.monotonic() - started < TIMEOUT
+
+
+def test_bad_command_lines_are_refused(tmp_path: Path) -> None:
+    for args in (
+        ["--backend", "127.0.0.1"],
+        ["--backend", "127.0.0.1:80=101"],
+        ["--backend", "127.0.0.1:80", "--backend", "127.0.0.1:80"],
+        ["--backend", "127.0.0.1:80", "--idle-timeout", "-1"],
+        ["--backend", "127.0.0.1:80", "--algorithm", "random"],
+        [],
+    ):
+        done = subprocess.run(
+            [sys.executable, str(PROXY), *args], capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert done.returncode == 2, args
+        assert "error: " in done.stderr.splitlines()[-1]
+        assert "Traceback" not in done.stderr
+
+
+def test_source_ip_hash_client_moves_only_when_its_backend_dies(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "source-ip-hash", backends, [1, 1, 1])
+    home = {_name(proxy.request()[2]) for _ in range(3)}
+    assert len(home) == 1
+    dead = next(b for b in backends if b.name in home)
+    dead.kill()
+    after = []
+    for _ in range(6):
+        status, _, body = proxy.request()
+        assert status == 200  # the retry hides the dead backend from the client
+        after.append(_name(body))
+    assert len(set(after)) == 1  # and the client settles on one new backend
+    assert after[0] != dead.name
