@@ -146,7 +146,7 @@ class BackendGroup:
     _hash: int | None
 
     def __init__(self, backends: Iterable[Backend] = ()) -> None:
-        if isinstance(backends, (str, bytes, Mapping)):
+        if isinstance(backends, (str, bytes, Mapping)) or not isinstance(backends, Iterable):
             raise InvalidGroupError(
                 f"backends must be an iterable of Backend, got {type(backends).__name__}"
             )

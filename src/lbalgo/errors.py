@@ -37,10 +37,28 @@ class InvalidBackendError(LbalgoError, ValueError):
 class InvalidGroupError(LbalgoError, ValueError):
     """A group is invalid (too many backends, duplicate keys, a config that does not parse).
 
-    The message says which entry.
+    The message says which entry. Raised by ``BackendGroup``, ``BackendGroup.from_config``
+    and by a scheduler given something other than a group, before anything changes.
+
+    >>> from lbalgo import BackendGroup
+    >>> BackendGroup.from_config([{"host": "10.0.0.1", "port": 80}, {"host": "10.0.0.2"}])
+    Traceback (most recent call last):
+    ...
+    lbalgo.errors.InvalidGroupError: entry 1: missing field 'port'
     """
 
 
 class NoBackendAvailable(LbalgoError, LookupError):
     """Nothing is eligible for this pick: the group is empty, or every backend has weight 0,
-    is marked down, is failing passive health checks, or was excluded."""
+    is marked down, is failing passive health checks, or was excluded.
+
+    Also a ``LookupError``; the message says why each backend was not eligible, so an
+    operator can tell "all down" from "all drained". Nothing is counted when it is raised.
+
+    >>> from lbalgo import Backend, BackendGroup, WeightedLeastConnections
+    >>> sched = WeightedLeastConnections(BackendGroup([Backend("10.0.0.1", 80, 0)]))
+    >>> sched.pick()
+    Traceback (most recent call last):
+    ...
+    lbalgo.errors.NoBackendAvailable: no backend available (10.0.0.1:80 weight 0)
+    """

@@ -132,6 +132,31 @@ class ConnectionLedger(Protocol):
         ...
 
 
+def checked_eligible(weights: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """An eligible set as :meth:`ConnectionLedger.set_eligible` receives it, checked: a dict
+    from key to weight in the given order, O(n). ``ValueError`` naming the key and the value
+    for a weight outside 1..3200 (``MAX_WEIGHT * RAMP_STEPS``) or a key listed twice; every
+    ledger checks before it changes anything.
+
+    >>> checked_eligible([("a", 32), ("b", 96)])
+    {'a': 32, 'b': 96}
+    >>> checked_eligible([("a", 32), ("a", 1)])
+    Traceback (most recent call last):
+    ...
+    ValueError: key 'a' is listed twice
+    """
+    eligible: dict[str, int] = {}
+    for key, weight in weights:
+        if type(weight) is not int or not 1 <= weight <= _MAX_WEIGHT:
+            raise ValueError(
+                f"weight of {key!r} must be an integer from 1 to {_MAX_WEIGHT}, got {weight!r}"
+            )
+        if key in eligible:
+            raise ValueError(f"key {key!r} is listed twice")
+        eligible[key] = weight
+    return eligible
+
+
 class LocalLedger:
     """The in-process ledger: exact least connections with a smooth tie-break, O(log n).
 
@@ -231,16 +256,8 @@ class LocalLedger:
         leave keep their counts while they drain. ``ValueError`` naming the key and the value
         for a weight outside 1..3200 or a repeated key, with the ledger unchanged.
         """
-        entries = list(weights)
-        seen: set[str] = set()
-        for key, weight in entries:
-            if type(weight) is not int or not 1 <= weight <= _MAX_WEIGHT:
-                raise ValueError(
-                    f"weight of {key!r} must be an integer from 1 to {_MAX_WEIGHT}, got {weight!r}"
-                )
-            if key in seen:
-                raise ValueError(f"key {key!r} is listed twice")
-            seen.add(key)
+        seen = checked_eligible(weights)
+        entries = list(seen.items())
 
         old_index, old_load, old_start = self._index, self._load, self._start
         old_vt, old_scale = self._vt, self._scale
@@ -381,10 +398,13 @@ class LocalLedger:
 
     def count(self, key: str) -> int:
         """Open connections on ``key`` (0 if unknown), O(1)."""
-        pos = self._index.get(key)
+        # index and counts read together: an operator's thread may ask while the scheduler's
+        # set_eligible swaps both, and a position is only meaningful in its own list
+        index, load = self._index, self._load
+        pos = index.get(key)
         if pos is None:
             return self._draining.get(key, 0)
-        return self._load[pos]
+        return load[pos]
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop the counts of ``keys`` (their later releases are ignored), O(k log n)."""

@@ -27,9 +27,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from lbalgo.backend import MAX_WEIGHT
 from lbalgo.errors import LbalgoError
-from lbalgo.scheduler import RAMP_STEPS
+from lbalgo.ledger import checked_eligible
 
 if TYPE_CHECKING:
     import redis
@@ -44,7 +43,6 @@ _MAX_NAMESPACE = 200
 _MIN_LEASE, _MAX_LEASE = 0.1, 86_400.0
 _BACKOFF = 0.5  # seconds a failed call keeps the ledger failing fast before trying again
 _DEFAULT_TIMEOUT = 1.0  # socket timeouts unless the URL sets them: a pick must not hang
-_MAX_WEIGHT = MAX_WEIGHT * RAMP_STEPS  # weights arrive on the schedulers' fine scale
 
 
 class LedgerUnavailable(LbalgoError, ConnectionError):
@@ -187,15 +185,7 @@ class RedisLedger:
         ``1 / RAMP_STEPS``, see ``ConnectionLedger.set_eligible``) or a repeated key,
         ledger unchanged.
         """
-        eligible: dict[str, int] = {}
-        for key, weight in weights:
-            if type(weight) is not int or not 1 <= weight <= _MAX_WEIGHT:
-                raise ValueError(
-                    f"weight of {key!r} must be an integer from 1 to {_MAX_WEIGHT}, got {weight!r}"
-                )
-            if key in eligible:
-                raise ValueError(f"key {key!r} is listed twice")
-            eligible[key] = weight
+        eligible = checked_eligible(weights)
         with self._lock:
             if eligible != self._eligible:
                 self._eligible = eligible

@@ -40,8 +40,9 @@ def attempts(
     moves the session to the backend that answers).
 
     Arguments are checked when ``attempts`` is called (``ValueError`` naming ``tries``,
-    ``TypeError`` for a bad ``exclude``), before any pick. Each attempt is one pick of the
-    scheduler, with an exclude set of the keys tried so far (O(attempts) to build).
+    ``TypeError`` for a bad ``scheduler`` or ``exclude``), before any pick; ``client`` is
+    the scheduler's to check, at the first pick. Each attempt is one pick of the scheduler,
+    with an exclude set of the keys tried so far (O(attempts) to build).
 
     >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
     >>> group = BackendGroup([Backend("10.0.0.1", 80), Backend("10.0.0.2", 80),
@@ -66,6 +67,8 @@ def attempts(
     >>> sched.stats()["10.0.0.1:80"].available  # max_fails=1: suspended for fail_timeout
     False
     """
+    if not isinstance(scheduler, Scheduler):
+        raise TypeError(f"scheduler must implement lbalgo.Scheduler, got {scheduler!r}")
     if type(tries) is not int or tries < 1:
         raise ValueError(f"tries must be an integer >= 1, got {tries!r}")
     tried = set(normalize_exclude(exclude))

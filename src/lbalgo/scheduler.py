@@ -10,6 +10,11 @@ Concurrency model: every mutation runs under one re-entrant lock per scheduler. 
 are ``itertools.count`` objects, whose ``next()`` is a single atomic C call under the GIL, so an
 algorithm may count a pick on a lock-free fast path; releases are counted under the lock, and
 the open count is their difference, which therefore never goes negative.
+
+Across processes (see ``docs/fleet.md``): ``SourceIPHash`` places a client the same way in
+every process and on every host; rotation state, health marks, slow-start ramps, passive
+health and, unless ``WeightedLeastConnections`` is given a shared ledger such as
+``RedisLedger``, open-connection counts are per process.
 """
 
 from __future__ import annotations
@@ -74,6 +79,16 @@ class BackendStats:
     slow start ramps it up the exact fraction ``weight * k / RAMP_STEPS`` (a ``float``, ``k``
     from 1 to :data:`RAMP_STEPS`; 1/32 of the weight at first, so a weight-1 backend shows
     0.03125, 0.0625, ... 1).
+
+    ``stats()`` builds one per backend in O(n), under the scheduler's lock, so the figures
+    of one call are consistent with each other.
+
+    >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
+    >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80, 2)]))
+    >>> lease = sched.connection()
+    >>> s = sched.stats()["10.0.0.1:80"]
+    >>> s.picks, s.open_connections, s.up, s.available, s.effective_weight
+    (1, 1, True, True, 2)
     """
 
     backend: Backend
@@ -87,7 +102,20 @@ class BackendStats:
 
 @runtime_checkable
 class Scheduler(Protocol):
-    """The interface shared by every scheduler (and by wrappers such as ``StickySessions``)."""
+    """The interface shared by every scheduler (and by wrappers such as ``StickySessions``).
+
+    Proxies program against this protocol so that the algorithm is a configuration choice;
+    each member's meaning is documented on :class:`BaseScheduler`, which every lbalgo
+    scheduler extends. It is checkable at run time (member names only, O(1)), which is how
+    ``StickySessions`` and ``attempts`` validate what they get.
+
+    >>> from lbalgo import Backend, BackendGroup, SourceIPHash, StickySessions
+    >>> sched = SourceIPHash(BackendGroup([Backend("10.0.0.1", 80)]))
+    >>> isinstance(sched, Scheduler), isinstance(StickySessions(sched), Scheduler)
+    (True, True)
+    >>> isinstance(object(), Scheduler)
+    False
+    """
 
     @property
     def group(self) -> BackendGroup: ...
@@ -150,7 +178,10 @@ class _Slot:
 
     @property
     def open(self) -> int:
-        return _count_value(self.picks) - self.released
+        # releases first: lock-free fast paths count picks outside the lock, and picks only
+        # grow, so a pick and its release landing between the two reads cannot make this -1
+        released = self.released
+        return _count_value(self.picks) - released
 
     def __repr__(self) -> str:
         return f"<_Slot {self.key} up={self.up} open={self.open}>"
@@ -248,7 +279,7 @@ def normalize_exclude(exclude: Exclude) -> frozenset[str]:
 
     A lone string is refused: iterating it would exclude single characters.
     """
-    if isinstance(exclude, (str, bytes)):
+    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
         raise TypeError(f"exclude must be a collection of backend keys, got {exclude!r}")
     keys = set()
     for item in exclude:
@@ -341,10 +372,14 @@ class BaseScheduler(ABC):
         """One request on ``backend`` ended; ``failed=True`` reports it to passive health.
 
         Releases beyond the open count, and releases for a backend no longer in the group,
-        are ignored (a connection may end after an update removed its backend).
+        are ignored (a connection may end after an update removed its backend). O(1) plus
+        the algorithm's release hook. ``TypeError`` naming the value if ``backend`` is not
+        a ``Backend`` or ``failed`` not a ``bool``, with nothing counted.
         """
         if not isinstance(backend, Backend):
             raise TypeError(f"release expects a Backend, got {backend!r}")
+        if type(failed) is not bool:
+            raise TypeError(f"failed must be a bool, got {failed!r}")
         with self._lock:
             slot = self._slots.get(backend.key)
             if slot is not None:
@@ -500,7 +535,7 @@ class BaseScheduler(ABC):
         """Pick ``key`` itself if it is eligible and not excluded, else return ``None``.
 
         For wrappers that chose the backend themselves (a sticky session's bound backend):
-        the pick is counted as any other, then :meth:`_on_take` lets the algorithm catch up.
+        :meth:`_on_take` lets the algorithm catch up, then the pick is counted as any other.
         """
         with self._lock:
             slot = self._slots.get(key)
@@ -511,14 +546,16 @@ class BaseScheduler(ABC):
                 self._tick(now)
             if not self._eligible(slot, now):
                 return None
-            self._count_pick(slot, now)
+            # the hook first: a shared ledger may refuse (store unreachable), and then
+            # nothing may be counted here either
             self._on_take(slot)
+            self._count_pick(slot, now)
             return slot
 
     def _on_take(self, slot: _Slot) -> None:  # noqa: B027 -- an optional hook
         """React to a pick of ``slot`` made by :meth:`_take`, outside :meth:`_choose` (called
-        under the lock, after counting it): algorithms that order backends by open
-        connections update that order here."""
+        under the lock, before counting it, so that if it raises nothing is counted):
+        algorithms that order backends by open connections update that order here."""
 
     def _count_pick(self, slot: _Slot, now: float) -> None:
         next(slot.picks)

@@ -72,7 +72,9 @@ class SourceIPHash(BaseScheduler):
     ``IPv6Address``; ``"::ffff:10.0.0.1"`` is ``"10.0.0.1"``, IPv6 in any compression or case
     is one client) and raises ``ValueError`` naming anything else. The answer is the same in
     every process, host and Python version (see :data:`HASH_VERSION`). Lookup is O(1): one
-    address parse, one mmh3 hash, one table index, lock-free. A backend that is down, weight
+    address parse, one mmh3 hash, one table index, lock-free unless bounded loads or a timed
+    feature (slow start, passive health) is on (``compat="nginx"``: O(log P) on nginx's ring
+    of P points, under the lock). A backend that is down, weight
     0, suspended or excluded hands its clients to their next choices (exactly where they go
     when it is removed), scored in O(n) for those clients only; nobody else moves. Building
     the table for a new membership or weight is O(T log n) for T = 393,209 cells (0.2-0.6 s,
@@ -151,15 +153,20 @@ class SourceIPHash(BaseScheduler):
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
         """The backend for ``client``'s new request: its first eligible choice.
 
-        O(1) (lock-free) in the default mode when nothing is excluded; ``ValueError`` naming
-        the client if it is not an address; ``NoBackendAvailable`` if nothing is eligible.
+        O(1) and lock-free without ``compat``, ``balance_factor``, ``slow_start``,
+        ``max_fails`` and ``exclude``; otherwise under the lock, O(log P) for nginx's ring
+        of P points, plus O(n) for a client whose first choice cannot take it.
+        ``ValueError`` naming the client if it is not an address; ``NoBackendAvailable`` if
+        nothing is eligible.
         """
-        if self._fast and not exclude:
+        # one read of the table: an update emptying it may land after the check of _fast
+        table = self._table
+        if self._fast and table and not exclude:
             try:  # the common case inline: an IPv4 string (see lbalgo._address)
                 key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
-            slot = self._table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
             if slot not in self._blocked:
                 next(slot.picks)
                 return slot.backend
@@ -167,12 +174,14 @@ class SourceIPHash(BaseScheduler):
 
     def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
         """Pick for ``client`` now and return a :class:`Lease` to release later."""
-        if self._fast and not exclude:
+        # one read of the table: an update emptying it may land after the check of _fast
+        table = self._table
+        if self._fast and table and not exclude:
             try:
                 key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
-            slot = self._table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
             if slot not in self._blocked:
                 next(slot.picks)
                 return Lease(self, slot)

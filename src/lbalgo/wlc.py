@@ -9,13 +9,22 @@ connections in this process (the default) or across a fleet.
 from __future__ import annotations
 
 import math
+import threading
 import time
+import weakref
 
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.ledger import ConnectionLedger, LocalLedger
 from lbalgo.scheduler import RAMP_STEPS, BaseScheduler, Client, Clock, Exclude, _Slot
 
 __all__ = ["WeightedLeastConnections"]
+
+# id(ledger) -> the live scheduler using it. A ledger keeps one eligible set, so a second
+# scheduler on it would overwrite the first one's and get keys of another group back.
+_owners: weakref.WeakValueDictionary[int, WeightedLeastConnections] = (
+    weakref.WeakValueDictionary()
+)
+_owners_lock = threading.Lock()
 
 
 class WeightedLeastConnections(BaseScheduler):
@@ -39,7 +48,8 @@ class WeightedLeastConnections(BaseScheduler):
     ``ledger``: where counts live and the choice is made; ``None`` (the default) is a fresh
     in-process :class:`~lbalgo.ledger.LocalLedger`. Give each scheduler its own ledger
     object (a shared ledger such as ``RedisLedger`` shares through its store, one object per
-    process). ``open_connections`` and ``stats`` show this scheduler's own counts;
+    process): a ledger another live scheduler uses raises ``ValueError``.
+    ``open_connections`` and ``stats`` show this scheduler's own counts;
     ``sched.ledger.count(key)`` shows the ledger's (the fleet's, for a shared ledger).
 
     Complexity with the local ledger: ``pick`` and ``release`` amortised O(log n);
@@ -67,6 +77,7 @@ class WeightedLeastConnections(BaseScheduler):
         fail_timeout: float = 10.0,
         clock: Clock = time.monotonic,
     ) -> None:
+        given = ledger is not None
         if ledger is None:
             ledger = LocalLedger()
         elif not isinstance(ledger, ConnectionLedger):
@@ -75,13 +86,31 @@ class WeightedLeastConnections(BaseScheduler):
         self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
         # when the next slow-start weight step is due (the base only tracks ramp ends)
         self._next_step = math.inf
-        super().__init__(
-            group,
-            slow_start=slow_start,
-            max_fails=max_fails,
-            fail_timeout=fail_timeout,
-            clock=clock,
-        )
+        if given:
+            # checked before the base's first rebuild hands the ledger this group
+            with _owners_lock:
+                owner = _owners.get(id(ledger))
+                # the owner holds its ledger, so while it lives the id is that ledger's
+                if owner is not None and owner._ledger is ledger:
+                    raise ValueError(
+                        "ledger is already used by another WeightedLeastConnections "
+                        f"(give each scheduler its own ledger object), got {ledger!r}"
+                    )
+                _owners[id(ledger)] = self
+        try:
+            super().__init__(
+                group,
+                slow_start=slow_start,
+                max_fails=max_fails,
+                fail_timeout=fail_timeout,
+                clock=clock,
+            )
+        except BaseException:
+            if given:
+                with _owners_lock:
+                    if _owners.get(id(ledger)) is self:
+                        del _owners[id(ledger)]
+            raise
         # The fast path below serves the common configuration: no clock-driven feature and
         # the local ledger, whose count for a key is exactly this scheduler's open count.
         self._local = ledger if type(ledger) is LocalLedger and not self._timed else None
@@ -109,7 +138,7 @@ class WeightedLeastConnections(BaseScheduler):
     def release(self, backend: Backend, *, failed: bool = False) -> None:
         """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`)."""
         local = self._local
-        if local is None or failed or type(backend) is not Backend:
+        if local is None or failed is not False or type(backend) is not Backend:
             super().release(backend, failed=failed)
             return
         key = backend.key
