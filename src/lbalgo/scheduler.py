@@ -372,8 +372,11 @@ class BaseScheduler(ABC):
         """One request on ``backend`` ended; ``failed=True`` reports it to passive health.
 
         Releases beyond the open count, and releases for a backend no longer in the group,
-        are ignored (a connection may end after an update removed its backend). O(1) plus
-        the algorithm's release hook. ``TypeError`` naming the value if ``backend`` is not
+        are ignored (a connection may end after an update removed its backend). A backend
+        is known by its key alone here, so if its key was removed and then added again, a
+        late ``release`` of the old connection counts against the new one; a :class:`Lease`
+        knows which one it holds, and its release is ignored then. O(1) plus the
+        algorithm's release hook. ``TypeError`` naming the value if ``backend`` is not
         a ``Backend`` or ``failed`` not a ``bool``, with nothing counted.
         """
         if not isinstance(backend, Backend):
