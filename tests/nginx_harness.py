@@ -5,7 +5,8 @@ put a single-process nginx in front of them with an ``upstream`` block whose bod
 writes (``server 127.0.0.1:PORT weight=W;`` lines, ``down``, ``hash $http_x_client
 consistent;``...), send a bounded number of requests (optionally with headers) and read which
 backend answered each. Everything lives in a temporary directory and on 127.0.0.1, and is torn
-down on exit.
+down on exit. nginx counts as started once it answers a probe location of its own (which takes
+no pick from the upstream); if another process took its port first, another port is tried.
 
     with loopback_backends(3) as backends, nginx_proxy(upstream_servers(backends, [5, 1, 1]),
                                                         workdir=tmp_path) as proxy:
@@ -50,7 +51,9 @@ MAX_REQUESTS = 200_000
 
 _START_TIMEOUT = 10.0  # seconds for nginx to accept connections
 _REQUEST_TIMEOUT = 10.0  # seconds for one request through nginx
+_PORT_ATTEMPTS = 3  # free ports tried, in case another process binds one first
 _BACKEND_HEADER = "X-Lbalgo-Backend"
+_READY_PATH = "/__lbalgo_ready"  # answered by nginx itself: probing it costs no upstream pick
 
 
 def find_nginx() -> str | None:
@@ -183,6 +186,9 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+        location = {ready} {{
+            return 204;
+        }}
         location / {{
             proxy_pass http://lbalgo_under_test;
             # one try per request: a retry would hide which peer nginx chose first
@@ -200,39 +206,66 @@ class NginxProxy:
 
     def __init__(self, binary: str, workdir: Path, upstream: str) -> None:
         self.workdir = workdir
-        self.port = _free_port()
         self.config = workdir / "nginx.conf"
-        body = "\n".join(f"        {line}" for line in upstream.strip().splitlines())
-        self.config.write_text(_CONFIG.format(dir=workdir, upstream=body, port=self.port))
-        self._process = subprocess.Popen(
-            [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
         self._connection: http.client.HTTPConnection | None = None
-        self._wait_ready()
+        body = "\n".join(f"        {line}" for line in upstream.strip().splitlines())
+        # A free port can be taken by another process before nginx binds it: then nginx logs
+        # "Address already in use", and the next attempt takes another port.
+        for _attempt in range(_PORT_ATTEMPTS):
+            self.port = _free_port()
+            text = _CONFIG.format(dir=workdir, upstream=body, port=self.port, ready=_READY_PATH)
+            self.config.write_text(text)
+            log = workdir / "error.log"
+            log.unlink(missing_ok=True)
+            self._process = subprocess.Popen(
+                [binary, "-p", str(workdir), "-e", str(log), "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            if self._wait_ready():
+                return
+        raise RuntimeError(f"nginx found no free port in {_PORT_ATTEMPTS} attempts:\n{self._log()}")
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self) -> bool:
+        """Whether this nginx answers on its port (False: the port was taken, nginx stopped)."""
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
+            if "Address already in use" in self._log_file():
+                self.stop()
+                return False
             if self._process.poll() is not None:
                 raise RuntimeError(f"nginx exited at start:\n{self._log()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ):
-                return
+            if self._answers_ready():
+                return True
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"nginx did not accept connections in {_START_TIMEOUT}s:\n{self._log()}")
 
+    def _answers_ready(self) -> bool:
+        """Whether nginx itself (not some other server on the port) answers the ready probe."""
+        probe = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1.0)
+        try:
+            probe.request("GET", _READY_PATH)
+            response = probe.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            probe.close()
+        server = response.getheader("Server") or ""
+        return response.status == 204 and server.startswith("nginx")
+
+    def _log_file(self) -> str:
+        log = self.workdir / "error.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
     def _log(self) -> str:
         stderr = b""
-        if self._process.poll() is not None and self._process.stderr is not None:
-            stderr = self._process.stderr.read()
-        log = self.workdir / "error.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
-        return (stderr.decode(errors="replace") + text).strip()
+        pipe = self._process.stderr
+        if self._process.poll() is not None and pipe is not None and not pipe.closed:
+            stderr = pipe.read()
+        return (stderr.decode(errors="replace") + self._log_file()).strip()
 
     def answer(self, headers: Mapping[str, str] | None = None, path: str = "/") -> str:
         """Send one GET through nginx; the id of the backend that answered it."""

@@ -3,13 +3,16 @@
 ``redis_server`` (module scope) is a :class:`~lbalgo.bench._redis_server.RedisServer` on a
 free 127.0.0.1 port, persistence off, in a temporary directory; tests may ``stop()``,
 ``restart()``, ``pause()`` and ``resume()`` it. Tests using it skip with the reason when
-``redis-server`` or redis-py is not installed. ``redis_url`` gives each test the URL after
-making sure the server runs, and ``namespace`` a namespace of its own.
+``redis-server`` or redis-py is not installed. The fixture checks that the Redis answering on
+the port is its own (another process may bind a free port first) and else tries another port.
+``redis_url`` gives each test the URL after making sure the server runs, and ``namespace`` a
+namespace of its own.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -27,12 +30,44 @@ def skip_without_redis() -> None:
         pytest.skip("redis-py is not installed (pip install 'lbalgo[redis]')")
 
 
+_PORT_ATTEMPTS = 3  # free ports tried, in case another process binds one first
+
+
+def _is_ours(server: RedisServer) -> bool:
+    """Whether the Redis answering on the server's port is this one (same data directory):
+    a port handed out as free can be bound by another process (another test run's Redis)
+    before ours binds it, and that one answers PING just as well."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
+    try:
+        answered = client.config_get("dir").get("dir")
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+    if answered is None:
+        return False
+    return os.path.realpath(answered) == os.path.realpath(server.directory)
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of this test module's own, stopped at the end of the module."""
     skip_without_redis()
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
+    for attempt in range(_PORT_ATTEMPTS):
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        try:
+            server.start()
+        except RuntimeError:
+            if attempt == _PORT_ATTEMPTS - 1:
+                raise
+            continue  # it could not bind its port
+        if _is_ours(server):
+            break
+        server.stop()
+    else:
+        raise RuntimeError(f"no free port for redis-server in {_PORT_ATTEMPTS} attempts")
     try:
         yield server
     finally:

@@ -365,14 +365,16 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for option in ("--algorithm", "--weights", "--requests", "--json", "--plot", "--seed"):
         assert option in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
+    assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("lbalgo ")
 
 
 # -- bench ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("frozen_heap")
 def test_bench_quick_smoke_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "bench.md"
     code, out, err = run(capsys, "bench", "--quick", "--markdown", str(target))
@@ -388,6 +390,7 @@ def test_bench_quick_smoke_run(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "###" in markdown  # at least one module produced a table
 
 
+@pytest.mark.usefixtures("frozen_heap")
 def test_bench_only_one_module(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "bench", "--quick", "--only", "swrr")
     assert code == 0, err

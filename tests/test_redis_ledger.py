@@ -33,6 +33,7 @@ from lbalgo import (
     Backend,
     BackendGroup,
     ConnectionLedger,
+    LbalgoError,
     LedgerUnavailable,
     LocalLedger,
     RedisLedger,
@@ -43,6 +44,7 @@ from lbalgo.bench._redis_server import RedisServer
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import groups
 from redis_server import namespace, redis_server, redis_url, skip_without_redis
+from threads import run_threads
 
 __all__ = ["namespace", "redis_server", "redis_url"]  # fixtures used by the tests below
 
@@ -125,6 +127,7 @@ def test_is_a_connection_ledger_and_an_lbalgo_error() -> None:
     skip_without_redis()
     ledger = RedisLedger("redis://127.0.0.1:1/0", namespace="never-connects")
     assert isinstance(ledger, ConnectionLedger)
+    assert issubclass(LedgerUnavailable, LbalgoError)  # API.md: a clear LbalgoError subclass
     assert issubclass(LedgerUnavailable, ConnectionError)
     ledger.close()  # nothing held, Redis never reached: closing must not raise
 
@@ -348,13 +351,9 @@ def test_atomic_under_concurrent_picks(make_ledger: Callable[..., RedisLedger]) 
     def work(ledger: RedisLedger) -> None:
         barrier.wait(timeout=10)
         for _ in range(25):
-            ledger.acquire()
+            assert ledger.acquire() is not None
 
-    threads = [threading.Thread(target=work, args=(ledger,)) for ledger in ledgers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    run_threads(work, [(ledger,) for ledger in ledgers], timeout=30)
     totals = Counter(ledgers[0].counts(weights))
     assert totals == {"a": 100, "b": 60, "c": 40}  # 200 picks, exact shares of 5:3:2
 
@@ -565,6 +564,7 @@ def test_redis_hung(redis_server: RedisServer, namespace: str) -> None:
         ledger.close()
 
 
+@pytest.mark.usefixtures("frozen_heap")
 def test_ledger_bench_quick_run() -> None:
     skip_without_redis()
     from lbalgo.bench import ledger as bench

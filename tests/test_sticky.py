@@ -26,6 +26,7 @@ from lbalgo import (
     StickySessions,
 )
 from lbalgo.scheduler import BaseScheduler, Client, Exclude, _Slot
+from threads import run_threads
 
 
 class Rotate(BaseScheduler):
@@ -283,27 +284,18 @@ def test_threads_keep_sessions_and_counts(clock: FakeClock) -> None:
     sticky = StickySessions(Rotate(ABC), ttl=60, clock=clock)
     seen: dict[str, set[str]] = {}
     lock = threading.Lock()
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            mine: dict[str, set[str]] = {}
-            for i in range(2_000):
-                session = f"s{(worker * 7 + i) % 40}"
-                with sticky.connection(session) as lease:
-                    mine.setdefault(session, set()).add(lease.backend.key)
-            with lock:
-                for session, keys in mine.items():
-                    seen.setdefault(session, set()).update(keys)
-        except BaseException as error:  # re-raised in the main thread
-            errors.append(error)
+        mine: dict[str, set[str]] = {}
+        for i in range(2_000):
+            session = f"s{(worker * 7 + i) % 40}"
+            with sticky.connection(session) as lease:
+                mine.setdefault(session, set()).add(lease.backend.key)
+        with lock:
+            for session, keys in mine.items():
+                seen.setdefault(session, set()).update(keys)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
+    run_threads(work, [(w,) for w in range(4)], timeout=120)
     assert all(len(keys) == 1 for keys in seen.values())  # nothing moved a session
     assert len(seen) == 40
     assert len(sticky) == 40

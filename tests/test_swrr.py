@@ -38,6 +38,7 @@ from lbalgo import (
 from lbalgo.bench import swrr as swrr_bench
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups
+from threads import run_threads
 
 
 class NginxModel:
@@ -518,27 +519,18 @@ def test_threads_lose_no_counts_and_follow_the_weights() -> None:
     sched = SmoothWeightedRoundRobin(named_group(weights))
     period = sum(weights)
     periods_per_thread = 300
-    errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
     def worker() -> None:
-        try:
-            barrier.wait(timeout=10)
-            for i in range(periods_per_thread * period):
-                if i % 3:
-                    sched.release(sched.pick())
-                else:
-                    with sched.connection():
-                        pass
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
+        barrier.wait(timeout=10)
+        for i in range(periods_per_thread * period):
+            if i % 3:
+                sched.release(sched.pick())
+            else:
+                with sched.connection():
+                    pass
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
+    run_threads(worker, [()] * 4)
     stats = sched.stats()
     # every draw takes the next element of one sequence: whole periods give exact counts
     assert {k: s.picks for k, s in stats.items()} == {
@@ -592,7 +584,8 @@ def test_threads_with_concurrent_changes() -> None:
         thread.join(timeout=120)
     done.set()
     change.join(timeout=60)
-    assert not errors
+    assert not any(thread.is_alive() for thread in [*pickers, change])
+    assert not errors, errors
     stats = sched.stats()
     assert {k: s.picks for k, s in stats.items() if s.picks} == dict(picked)
     assert all(s.open_connections == 0 for s in stats.values())
@@ -657,6 +650,7 @@ def test_update_keeps_current_weights_of_survivors() -> None:
         assert sched.pick().key == model.pick(taking_part)
 
 
+@pytest.mark.usefixtures("frozen_heap")
 def test_benchmark_smoke() -> None:
     pick_table, change_table = swrr_bench.run(quick=True)
     assert [row[0] for row in pick_table.rows] == list(swrr_bench.QUICK_SIZES)

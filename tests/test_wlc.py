@@ -685,6 +685,7 @@ def test_threads_lose_no_counts() -> None:
     barrier.wait(timeout=30)
     for worker in workers:
         worker.join(timeout=60)
+    assert not any(worker.is_alive() for worker in workers)
     assert not errors, errors
     stats = sched.stats()
     assert all(s.open_connections == 0 for s in stats.values())
