@@ -16,7 +16,12 @@ What it shows:
 - ``X-Forwarded-For`` (appended to the client's own, if any);
 - source-IP hashing from the peer address of the client's TCP connection;
 - bodies framed by ``Content-Length`` or ``Transfer-Encoding: chunked`` in both directions,
-  relayed as they stream (never buffered whole); keep-alive on the client side.
+  relayed as they stream (never buffered whole); keep-alive on the client side;
+- bounded: heads up to ``MAX_HEAD`` bytes, bodies relayed ``COPY_CHUNK`` bytes at a time, and
+  every wait limited (``--connect-timeout``, ``--read-timeout`` for each read and write of a
+  message, ``--idle-timeout`` between requests), so no peer can hold a lease forever;
+- only failures before the response head reached the client count against a backend
+  (``Lease.fail()``); a client that goes away releases its lease normally.
 
 Kept simple on purpose: one upstream connection per request (``Connection: close`` to the
 backend), no TLS, no ``Upgrade``/WebSocket, no active health checks (a health checker would
@@ -151,40 +156,74 @@ def body_framing(head: Head) -> tuple[str, int]:
 
 
 async def copy_body(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framing: str, length: int
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    framing: str,
+    length: int,
+    *,
+    timeout: float,
 ) -> None:
-    """Relay one body as it streams, keeping its framing ("until-close": up to EOF)."""
-    if framing == "length":
-        left = length
-        while left:
-            data = await reader.read(min(left, COPY_CHUNK))
-            if not data:
-                raise asyncio.IncompleteReadError(b"", left)
-            writer.write(data)
+    """Relay one body as it streams, keeping its framing ("until-close": up to EOF).
+
+    Bounded: at most ``COPY_CHUNK`` bytes are held at a time (also for a chunk that claims
+    to be huge), and every read and every write waits at most ``timeout`` seconds
+    (``TimeoutError``), like nginx's ``proxy_read_timeout``/``send_timeout``.
+    """
+
+    async def read(size: int) -> bytes:
+        async with asyncio.timeout(timeout):
+            data = await reader.read(size)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", size)
+        return data
+
+    async def read_line() -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            raise BadMessage(f"chunked body line longer than {MAX_HEAD} bytes") from None
+
+    async def send(data: bytes) -> None:
+        writer.write(data)
+        async with asyncio.timeout(timeout):
             await writer.drain()
+
+    async def relay(left: int) -> None:
+        while left:
+            data = await read(min(left, COPY_CHUNK))
+            await send(data)
             left -= len(data)
+
+    if framing == "length":
+        await relay(length)
     elif framing == "chunked":
         while True:
-            line = await reader.readuntil(b"\r\n")
+            line = await read_line()
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
                 raise BadMessage(f"bad chunk size line {line[:40]!r}") from None
-            writer.write(line)
+            if size < 0:
+                raise BadMessage(f"bad chunk size line {line[:40]!r}")
+            await send(line)
             if size == 0:
                 while True:  # trailer fields, then the empty line that ends the body
-                    trailer = await reader.readuntil(b"\r\n")
-                    writer.write(trailer)
+                    trailer = await read_line()
+                    await send(trailer)
                     if trailer == b"\r\n":
-                        break
-                await writer.drain()
-                return
-            writer.write(await reader.readexactly(size + 2))
-            await writer.drain()
+                        return
+            await relay(size)
+            if await read_line() != b"\r\n":
+                raise BadMessage("chunk data longer than its size line says")
+            await send(b"\r\n")
     elif framing == "until-close":
-        while data := await reader.read(COPY_CHUNK):
-            writer.write(data)
-            await writer.drain()
+        while True:
+            async with asyncio.timeout(timeout):
+                data = await reader.read(COPY_CHUNK)
+            if not data:  # EOF ends this body
+                return
+            await send(data)
 
 
 def simple_response(status: str, text: str, *, close: bool) -> bytes:
@@ -296,11 +335,12 @@ class Proxy:
                     writer.write(simple_response("502 Bad Gateway", f"{error}\n", close=True))
                     await writer.drain()
                     return False
-                except BadMessage:  # the client's own message was malformed, not the backend
-                    lease.release()
-                    raise
                 except BaseException:
-                    lease.fail()
+                    # the client's malformed message, the client going away, a response
+                    # cut off after its head reached the client, cancellation: none is a
+                    # failed attempt on this backend (nginx counts only failures before the
+                    # response head as max_fails), so release without a failure
+                    lease.release()
                     raise
                 lease.release()
                 return reusable
@@ -357,7 +397,13 @@ class Proxy:
             if continue_first:  # the client waits for this before it sends the body
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 await writer.drain()
-            await copy_body(reader, up_writer, framing, length)
+            try:
+                await copy_body(reader, up_writer, framing, length, timeout=self.read_timeout)
+            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as error:
+                if not up_writer.is_closing():
+                    raise  # the client's side failed: not the backend's fault
+                reason = f"lost sending the request: {str(error) or type(error).__name__}"
+                raise BackendFailed(reason, retryable=False) from None
             response, code = await self.response_head(backend, up_reader, writer, resendable)
             return await self.relay_response(
                 response, code, method, up_reader, writer, keep_alive=keep_alive
@@ -425,7 +471,7 @@ class Proxy:
             fields.append(("Connection", "close"))
         writer.write(Head(response.start, fields).encode())
         try:
-            await copy_body(up_reader, writer, framing, length)
+            await copy_body(up_reader, writer, framing, length, timeout=self.read_timeout)
         except BadMessage as error:  # too late for a 502: the client got the head already
             raise ConnectionError(f"backend sent a malformed body: {error}") from None
         await writer.drain()
@@ -509,7 +555,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a backend (repeat for each); the weight defaults to 1",
     )
     parser.add_argument("--connect-timeout", type=parse_seconds, default=2.0, metavar="SECONDS")
-    parser.add_argument("--read-timeout", type=parse_seconds, default=60.0, metavar="SECONDS")
+    parser.add_argument(
+        "--read-timeout",
+        type=parse_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest wait for a response head, and for each read or write of a body (default 60)",
+    )
     parser.add_argument(
         "--idle-timeout",
         type=parse_seconds,

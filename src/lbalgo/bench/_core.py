@@ -1,14 +1,31 @@
-"""Shared measurement machinery for the benchmark modules."""
+"""Shared measurement machinery for the benchmark modules: the tables, the timers, and the
+inputs every contender is given (the same groups, the same clients, the same standing load)."""
 
 from __future__ import annotations
 
 import gc
+import ipaddress
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["Table", "empty_call_ns", "ns_per_call", "time_loop"]
+from lbalgo.backend import Backend, BackendGroup
+
+__all__ = [
+    "Table",
+    "empty_call_ns",
+    "load_half",
+    "median_rounds",
+    "ns_per_call",
+    "pick_release_ns",
+    "sample_clients",
+    "sample_group",
+    "time_loop",
+    "time_prepared",
+]
 
 REPEATS = 5
 """Each figure is the median of this many timed runs."""
@@ -51,20 +68,27 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def time_loop(body: Callable[[int], None], loops: int) -> float:
-    """Nanoseconds per iteration of ``body(loops)``, which must run its own loop of ``loops``
-    iterations (so the loop overhead is part of every figure alike); median of REPEATS runs."""
+def time_prepared(prepare: Callable[[], Callable[[], object]]) -> float:
+    """Nanoseconds of one call of what ``prepare()`` returns, median of REPEATS runs, each
+    with a fresh ``prepare()`` outside the timed part and the garbage collector off."""
     samples = []
     for _ in range(REPEATS):
+        body = prepare()
         gc.collect()
         gc.disable()
         try:
             start = time.perf_counter_ns()
-            body(loops)
-            samples.append((time.perf_counter_ns() - start) / loops)
+            body()
+            samples.append(time.perf_counter_ns() - start)
         finally:
             gc.enable()
     return statistics.median(samples)
+
+
+def time_loop(body: Callable[[int], None], loops: int) -> float:
+    """Nanoseconds per iteration of ``body(loops)``, which must run its own loop of ``loops``
+    iterations (so the loop overhead is part of every figure alike); median of REPEATS runs."""
+    return time_prepared(lambda: lambda: body(loops)) / loops
 
 
 def ns_per_call(func: Callable[[], object], loops: int) -> float:
@@ -85,3 +109,66 @@ class _Empty:
 def empty_call_ns(loops: int) -> float:
     """Nanoseconds per call of an empty Python method through a bound method, the floor."""
     return ns_per_call(_Empty().method, loops)
+
+
+def median_rounds(measure: Callable[[], Sequence[float]], rounds: int) -> list[float]:
+    """Call ``measure()`` ``rounds`` times and return the median of each figure it returns.
+
+    On a shared machine the load drifts between measurements taken seconds apart, much less
+    within one round: ``measure`` takes its figures back to back and returns their ratios, so
+    every reported ratio compares contenders timed under the same load.
+    """
+    samples = [measure() for _ in range(rounds)]
+    return [statistics.median(column) for column in zip(*samples, strict=True)]
+
+
+def sample_group(n: int, *, weighted: bool = True) -> BackendGroup:
+    """``n`` backends ``10.0.x.y:8080``; weights drawn from 1..100 with a seed fixed by ``n``
+    (every module and every contender sees the same group for a size), or all 1."""
+    rng = random.Random(n)
+    return BackendGroup(
+        Backend(f"10.0.{i // 250}.{i % 250 + 1}", 8080, rng.randint(1, 100) if weighted else 1)
+        for i in range(n)
+    )
+
+
+def sample_clients(count: int) -> list[str]:
+    """``count`` distinct IPv4 client addresses, drawn with a seed fixed by ``count``."""
+    rng = random.Random(count)
+    return [str(ipaddress.IPv4Address(v)) for v in rng.sample(range(1 << 32), count)]
+
+
+class _Picker(Protocol):
+    def pick(self, client: str | None = None) -> Backend: ...
+
+    def release(self, backend: Backend) -> None: ...
+
+
+def load_half(scheduler: _Picker, group: BackendGroup) -> None:
+    """A standing load: ``3 n`` picks (spread as the scheduler spreads them), then the
+    connections on the second half of the group released, so half the backends hold
+    connections and half are idle, as in a pool of long-lived connections."""
+    held = set(group.keys()[: len(group) // 2])
+    for backend in [scheduler.pick() for _ in range(3 * len(group))]:
+        if backend.key not in held:
+            scheduler.release(backend)
+
+
+def pick_release_ns(scheduler: _Picker, loops: int, clients: Sequence[str] = ()) -> float:
+    """Nanoseconds per ``release(pick(client))`` pair (median of REPEATS runs of ``loops``);
+    the clients are taken in turn, or ``None`` without any."""
+    pick, release = scheduler.pick, scheduler.release
+    if not clients:
+
+        def body(n: int) -> None:
+            for _ in range(n):
+                release(pick())
+
+    else:
+        count = len(clients)
+
+        def body(n: int) -> None:
+            for i in range(n):
+                release(pick(clients[i % count]))
+
+    return time_loop(body, loops)

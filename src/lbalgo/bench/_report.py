@@ -103,8 +103,11 @@ def markdown_report(sections: Sequence[Section], *, quick: bool = False, command
         f"{REPEATS} runs of a loop of calls, with the garbage collector off during each run. "
         "Figures are ratios measured side by side in one run (lbalgo against the naive "
         "algorithm, the peer libraries installed and an empty Python method call), because "
-        "absolute times on shared machines are noise; balance and movement figures are "
-        "exact counts, not timings.",
+        "absolute times on shared machines are noise; where the load could tip a ratio, the "
+        "contenders are timed back to back in several rounds and the median ratio is shown. "
+        "Every contender gets the same groups, clients and standing load; where the work "
+        "differs, the notes under the table say so. Balance and movement figures are exact "
+        "counts, not timings. The goals set for lbalgo are shown next to the figures.",
         "",
         f"- lbalgo: {__version__}",
         f"- machine: {env['machine']}, {env['cpus']} CPUs, processor: {env['processor']}",

@@ -12,18 +12,22 @@ Skipped with a note when redis-server or redis-py is not installed.
 from __future__ import annotations
 
 import importlib.util
-import random
 import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lbalgo.backend import Backend, BackendGroup
-from lbalgo.bench._core import Table, empty_call_ns, ns_per_call, time_loop
+from lbalgo.bench._core import (
+    Table,
+    empty_call_ns,
+    load_half,
+    ns_per_call,
+    pick_release_ns,
+    sample_group,
+)
 from lbalgo.bench._redis_server import RedisServer, find_redis_server
 from lbalgo.redis_ledger import RedisLedger
-from lbalgo.scheduler import BaseScheduler
 from lbalgo.wlc import WeightedLeastConnections
 
 __all__ = ["run"]
@@ -38,32 +42,6 @@ _COLUMNS = [
     "redis / PING round trip",
     "local / empty call",
 ]
-
-
-def _group(n: int) -> BackendGroup:
-    rng = random.Random(n)
-    return BackendGroup(
-        Backend(f"10.0.{i // 250}.{i % 250 + 1}", 8080, rng.randint(1, 100)) for i in range(n)
-    )
-
-
-def _loaded(scheduler: BaseScheduler, group: BackendGroup) -> BaseScheduler:
-    """Open 3 connections per backend, then release those of the second half."""
-    held = set(group.keys()[: len(group) // 2])
-    for backend in [scheduler.pick() for _ in range(3 * len(group))]:
-        if backend.key not in held:
-            scheduler.release(backend)
-    return scheduler
-
-
-def _pick_release_ns(scheduler: BaseScheduler, loops: int) -> float:
-    pick, release = scheduler.pick, scheduler.release
-
-    def body(n: int) -> None:
-        for _ in range(n):
-            release(pick())
-
-    return time_loop(body, loops)
 
 
 def _commands(client: Any) -> int:
@@ -102,8 +80,8 @@ def _round_trips(client: Any, ledger: RedisLedger, picks: int) -> list[list[obje
             ledger.release(key)
     release_trips, release_commands = sent[0] / picks, _commands(client) / picks
     return [
-        ["round trips per pick (acquire)", acquire_trips, acquire_commands, usec],
-        ["round trips per release", release_trips, release_commands, ""],
+        ["round trips per pick (acquire)", acquire_trips, acquire_commands, usec, "1"],
+        ["round trips per release", release_trips, release_commands, "", "-"],
     ]
 
 
@@ -123,22 +101,27 @@ def run(quick: bool = False) -> list[Table]:
 
     sizes = QUICK_SIZES if quick else SIZES
     loops = 200 if quick else 2_000
-    local_loops = 2_000 if quick else 50_000
     with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory)) as server:
         client = redis.Redis.from_url(server.url)
+        ledgers: list[RedisLedger] = []
         try:
-            floor = empty_call_ns(local_loops)
-            ping = ns_per_call(client.ping, loops)
             speed = Table(_TITLE, _COLUMNS)
-            ledgers = []
             for n in sizes:
-                group = _group(n)
-                local = _pick_release_ns(_loaded(WeightedLeastConnections(group), group), loops)
+                group = sample_group(n)
+                local = WeightedLeastConnections(group)
                 ledger = RedisLedger(server.url, namespace=f"bench-{uuid.uuid4().hex}")
                 ledgers.append(ledger)
-                sched = _loaded(WeightedLeastConnections(group, ledger=ledger), group)
-                remote = _pick_release_ns(sched, loops)
-                speed.rows.append([n, remote / local, remote / ping, local / floor])
+                remote_sched = WeightedLeastConnections(group, ledger=ledger)
+                load_half(local, group)
+                load_half(remote_sched, group)
+                # back to back: the floor, the PING floor, the local and the Redis ledger
+                floor = empty_call_ns(loops)
+                ping = ns_per_call(client.ping, loops)
+                local_ns = pick_release_ns(local, loops)
+                remote = pick_release_ns(remote_sched, loops)
+                speed.rows.append([n, remote / local_ns, remote / ping, local_ns / floor])
+                if n != sizes[-1]:
+                    ledger.close()  # no heartbeat of its own in the counts below
             trips = Table(
                 "Fleet ledger: Redis round trips per operation",
                 [
@@ -146,12 +129,13 @@ def run(quick: bool = False) -> list[Table]:
                     "round trips",
                     "Redis commands (EVALSHA + its script)",
                     "script us/call",
+                    "goal (issue 9)",
                 ],
             )
-            trips.rows += _round_trips(client, ledgers[-1], 100 if quick else 1_000)
-            for ledger in ledgers:
-                ledger.close()
+            trips.rows += _round_trips(client, ledger, 100 if quick else 1_000)
         finally:
+            for ledger in ledgers:
+                ledger.close()  # idempotent
             client.close()
     speed.notes.append(
         f"median of 5 runs of {loops:,} pick+release pairs through redis-py on loopback; "
@@ -159,8 +143,9 @@ def run(quick: bool = False) -> list[Table]:
         f"{remote / 1e3:.0f} us at {sizes[-1]} backends (absolute times vary with the machine)"
     )
     speed.notes.append(
-        "a pick and a release are one round trip each (see the next table): the cost is "
-        "network and redis-py, not the O(log n) walk in the script"
+        "like for like: the same group and standing load behind the same "
+        "WeightedLeastConnections; a pick and a release are one round trip each (see the "
+        "next table): the cost is network and redis-py, not the O(log n) walk in the script"
     )
     trips.notes.append(
         f"at {sizes[-1]} backends, half holding connections; round trips counted at the "

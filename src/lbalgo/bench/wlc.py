@@ -4,17 +4,21 @@ The scan is what a plain implementation does: walk every backend and keep the lo
 ``open / weight`` (cross-multiplied, first in order on ties). It runs on the same
 :class:`~lbalgo.scheduler.BaseScheduler` machinery as ours, with the same lean pick and
 release (one lock, one pick counter), so both pay the same overhead and the ratio isolates
-the choice. Half the backends hold open connections, the
-other half are idle, as in a pool of long-lived connections.
+the choice. Both get the same group and the same standing load: half the backends hold
+open connections, the other half are idle, as in a pool of long-lived connections.
 """
 
 from __future__ import annotations
 
-import random
-import statistics
-
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.bench._core import Table, empty_call_ns, time_loop
+from lbalgo.bench._core import (
+    Table,
+    empty_call_ns,
+    load_half,
+    median_rounds,
+    pick_release_ns,
+    sample_group,
+)
 from lbalgo.scheduler import BaseScheduler, Client, Exclude, _Slot
 from lbalgo.wlc import WeightedLeastConnections
 
@@ -77,32 +81,6 @@ class ScanLeastConnections(BaseScheduler):
                 self._open[key] -= 1
 
 
-def _group(n: int) -> BackendGroup:
-    rng = random.Random(n)  # fixed per size: both contenders see the same weights
-    return BackendGroup(
-        Backend(f"10.0.{i // 250}.{i % 250 + 1}", 8080, rng.randint(1, 100)) for i in range(n)
-    )
-
-
-def _loaded(scheduler: BaseScheduler, group: BackendGroup) -> BaseScheduler:
-    """Open 3 connections per backend, then release those of the second half."""
-    held = set(group.keys()[: len(group) // 2])
-    for backend in [scheduler.pick() for _ in range(3 * len(group))]:
-        if backend.key not in held:
-            scheduler.release(backend)
-    return scheduler
-
-
-def _pick_release_ns(scheduler: BaseScheduler, loops: int) -> float:
-    pick, release = scheduler.pick, scheduler.release
-
-    def body(n: int) -> None:
-        for _ in range(n):
-            release(pick())
-
-    return time_loop(body, loops)
-
-
 def run(quick: bool = False) -> list[Table]:
     """Pick + release cost of :class:`WeightedLeastConnections` against the scan, by size.
 
@@ -113,43 +91,51 @@ def run(quick: bool = False) -> list[Table]:
     sizes = QUICK_SIZES if quick else SIZES
     loops = 1_000 if quick else 10_000
     rounds = 2 if quick else ROUNDS
-    contenders = {}
+    contenders = []
     for n in sizes:
-        group = _group(n)
-        contenders[n] = (
-            _loaded(WeightedLeastConnections(group), group),
-            _loaded(ScanLeastConnections(group), group),
-            max(loops // 10, loops * 8 // n),  # the scan is slow: fewer loops, same precision
-        )
-    samples: dict[str, list[float]] = {}
+        group = sample_group(n)
+        ours, scan = WeightedLeastConnections(group), ScanLeastConnections(group)
+        load_half(ours, group)
+        load_half(scan, group)
+        # the scan is slow: fewer loops, about the same precision
+        contenders.append((ours, scan, max(loops // 10, loops * 8 // n)))
     small, large = min(sizes), max(sizes)
-    for _ in range(rounds):
+
+    def measure() -> list[float]:
         floor = empty_call_ns(loops)
+        figures: list[float] = []
         ours_by_size = {}
-        for n, (ours_sched, scan_sched, scan_loops) in contenders.items():
-            ours = _pick_release_ns(ours_sched, loops)
-            scan = _pick_release_ns(scan_sched, scan_loops)
+        for n, (ours_sched, scan_sched, scan_loops) in zip(sizes, contenders, strict=True):
+            ours = pick_release_ns(ours_sched, loops)
+            scan = pick_release_ns(scan_sched, scan_loops)
             ours_by_size[n] = ours
-            for name, value in (("speedup", scan / ours), ("ours", ours / floor)):
-                samples.setdefault(f"{name}{n}", []).append(value)
-            samples.setdefault(f"scan{n}", []).append(scan / floor)
-        samples.setdefault("growth", []).append(ours_by_size[large] / ours_by_size[small])
-    median = {name: statistics.median(values) for name, values in samples.items()}
+            figures += [scan / ours, ours / floor, scan / floor]
+        return [*figures, ours_by_size[large] / ours_by_size[small]]
+
+    *figures, growth = median_rounds(measure, rounds)
     table = Table(
         "Weighted least connections: pick + release, half the backends holding connections",
-        ["backends", "scan / ours (x faster)", "ours / empty call", "scan / empty call"],
+        [
+            "backends",
+            "scan / ours (x faster)",
+            "ours / empty call",
+            "scan / empty call",
+            "goal (issue 5)",
+        ],
     )
-    for n in sizes:
-        table.rows.append([n, median[f"speedup{n}"], median[f"ours{n}"], median[f"scan{n}"]])
+    for i, n in enumerate(sizes):
+        goal = "scan / ours >= 10" if n >= 500 else "-"
+        table.rows.append([n, *figures[3 * i : 3 * i + 3], goal])
     table.notes.append(
-        f"ours at {large} backends / ours at {small}: {median['growth']:.2f} "
-        "(O(log n) heap; goal <= 2.5)"
+        f"ours at {large} backends / ours at {small}: {growth:.2f} "
+        "(O(log n) heap; goal (issue 5): <= 2.5)"
     )
     table.notes.append(
         f"median over {rounds} rounds of per-round ratios; in each round every figure is a "
         f"median of 5 runs ({loops:,} pick+release pairs for ours, fewer for the scan), the "
-        "contenders timed one after the other; both take the scheduler lock and count picks "
-        "on the same BaseScheduler slots"
+        "contenders timed one after the other; like for like: the same group and standing "
+        "load, and both take the scheduler lock and count picks on the same BaseScheduler "
+        "slots"
     )
     table.notes.append(
         "no peer library: no Python package offers weighted least connections to compare"
