@@ -306,29 +306,9 @@ class LocalLedger:
         O(log n) (plus O(k log n) for k excluded keys); ``None`` if no key qualifies."""
         vt = self._vt
         idle, stamp = self._idle_heap, self._stamp
-        pos = self._pending
-        if pos >= 0:
-            # _flush, written out: this runs on nearly every acquire
-            self._pending = -1
-            mark = stamp[pos] + 1
-            stamp[pos] = mark
-            u = self._unit[pos]
-            s = self._start[pos]
-            count = self._load[pos]
-            if s <= vt:
-                self._state[pos] = _READY
-                heappush(self._ready_heap, (count * u, s + u, pos, mark))
-            elif count:
-                self._state[pos] = _BUSY
-                heappush(self._busy_heap, (count * u, s, pos, mark))
-                heappush(self._busy_wakeups, (s, pos))
-            else:
-                self._state[pos] = _IDLE
-                heappush(idle, (s, pos, mark))
-            self._pushes += 1
-            if self._pushes > self._limit:
-                self._rebuild_heaps()
-                idle = self._idle_heap
+        if self._pending >= 0:
+            self._flush()
+            idle = self._idle_heap  # _flush may have rebuilt the heaps
         if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
             self._wake()
         if exclude:
