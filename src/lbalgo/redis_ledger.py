@@ -451,13 +451,14 @@ class RedisLedger:
         return args
 
     def _flush(self) -> None:
-        """Send pending releases now if Redis is thought reachable; never raises."""
+        """Send pending releases and renew the lease now, if Redis is thought reachable;
+        never raises (called under the lock)."""
         if self._closed or time.monotonic() < self._down_until:
             return
         try:
             self._call("")
         except LedgerUnavailable as exc:
-            _log.warning("releases kept pending: %s", exc)
+            _log.warning("ledger call failed, releases kept pending: %s", exc)
 
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(
@@ -471,16 +472,9 @@ class RedisLedger:
     def _beat(self, interval: float) -> None:
         """One heartbeat: renew the lease (and flush pending releases) unless a call did."""
         with self._lock:
-            if self._closed:
-                return
             if time.monotonic() - self._last_call < interval / 2 and not self._dirty:
                 return
-            if time.monotonic() < self._down_until:
-                return
-            try:
-                self._call("")
-            except LedgerUnavailable as exc:
-                _log.warning("heartbeat failed: %s", exc)
+            self._flush()  # the same call renews the lease and sends pending releases
 
     def _after_fork(self) -> None:
         # The child holds none of the parent's connections and must not share its owner id
