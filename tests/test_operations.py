@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -36,14 +37,6 @@ def _load(spec: tuple[str, str]) -> type[BaseScheduler]:
     # every scheduler exists now: one that fails to import must fail its tests, not skip them
     module, name = spec
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -83,21 +84,13 @@ class Foreign:
         self.inner.update(group)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 A, B, C = (Backend(f"192.0.2.{i}", 80) for i in (1, 2, 3))
 ABC = BackendGroup([A, B, C])
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(0.0)
 
 
 @pytest.fixture(params=["base", "foreign"])
@@ -322,7 +315,7 @@ _ops = st.lists(
 
 @given(ops=_ops)
 def test_follows_the_binding_rule(ops: list[tuple[object, ...]]) -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     sticky = StickySessions(Rotate(ABC), ttl=60, max_sessions=4, clock=clock)
     model: dict[str, tuple[str, float]] = {}  # session -> (backend key, last use)
     for op in ops:

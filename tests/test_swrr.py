@@ -27,6 +27,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -383,14 +384,6 @@ test_swrr_ramps_versus_model = SwrrRampsVersusModel.TestCase
 
 
 # -- slow start and passive health: the exact step, driven by the shared machinery --------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def check_against_stats(

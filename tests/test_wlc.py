@@ -33,6 +33,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -54,14 +55,6 @@ def keys_of(group: BackendGroup) -> tuple[str, ...]:
 
 def group_of(*weights: int) -> BackendGroup:
     return BackendGroup(Backend(f"10.0.0.{i + 1}", 80, w) for i, w in enumerate(weights))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def assert_least_ratio(key: str, opened: dict[str, int], weights: dict[str, int]) -> None:
