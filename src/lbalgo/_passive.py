@@ -21,13 +21,12 @@ __all__ = ["PassiveHealth", "Watched"]
 class Watched(Protocol):
     """What passive health keeps on a backend's state: failure times inside the window
     (``None`` until the first failure), the end of its suspension (``-inf``: healthy; a
-    past time: its next pick is its trial), whether that trial is in flight, and whether
-    a release must be reported (``notify``)."""
+    past time: its next pick is its trial), and whether that trial is in flight (then the
+    scheduler must hear of its release)."""
 
     fail_times: deque[float] | None
     suspended_until: float
     probation: bool
-    notify: bool
 
 
 class PassiveHealth:
@@ -39,7 +38,7 @@ class PassiveHealth:
     only that backend. ``next_lift`` is the earliest time a suspension lifts.
 
     >>> class State:
-    ...     fail_times, suspended_until, probation, notify = None, -math.inf, False, False
+    ...     fail_times, suspended_until, probation = None, -math.inf, False
     >>> health, state = PassiveHealth(max_fails=2, fail_timeout=10.0), State()
     >>> health.failure(state, 0.0), health.failure(state, 1.0), health.suspended(state, 5.0)
     (False, True, True)
@@ -82,7 +81,6 @@ class PassiveHealth:
         # max_fails reached, or any failure of a suspended backend or of its trial (nginx
         # restarts fail_timeout on each): no picks for fail_timeout from now
         state.probation = False
-        state.notify = False
         self._suspend(state, now)
         return True
 
@@ -90,8 +88,7 @@ class PassiveHealth:
         """A pick of a backend whose suspension lifted: it is its trial. The backend takes
         nothing else for ``fail_timeout`` while the outcome is awaited; ``True`` (its
         eligibility changed). O(log n). Call only when ``suspended_until`` is not ``-inf``."""
-        state.probation = True
-        state.notify = True  # its release decides
+        state.probation = True  # its release decides
         self._suspend(state, now)
         return True
 
@@ -109,7 +106,6 @@ class PassiveHealth:
         if state.fail_times:
             state.fail_times.clear()
         state.probation = False
-        state.notify = False
         state.suspended_until = -math.inf
 
     def lifted(self, now: float) -> list[Watched]:

@@ -36,7 +36,7 @@ class Slot(Tally):
         "weight",
     )
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, notify: bool = False) -> None:
         super().__init__()
         self.backend = backend
         self.key = backend.key
@@ -47,7 +47,9 @@ class Slot(Tally):
         self.fail_times: deque[float] | None = None
         self.suspended_until = -math.inf
         self.probation = False
-        self.notify = False  # a release must reach the scheduler (its trial is running)
+        # a release must reach the scheduler under its lock: the algorithm counts releases
+        # itself, or passive health awaits this backend's trial
+        self.notify = notify
         self.ramp_start: float | None = None
         self.ramp_step = RAMP_STEPS
         self.ramp_id = 0
