@@ -157,14 +157,14 @@ class WeightedLeastConnections(BaseScheduler):
         """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`),
         O(log n) under one short lock."""
         local = self._local
-        if local is None or failed is not False or type(backend) is not Backend:
+        slot = self._by_id.get(id(backend))  # the object a pick returned: see the base
+        if local is None or slot is None or slot.backend is not backend or failed is not False:
             super().release(backend, failed=failed)
             return
         with self._lock:
-            slot = self._slots.get(backend.key)
             # the local ledger's count for a key is this scheduler's open count: its answer
-            # says whether the release is within it
-            if slot is not None and local.release_open(slot.key):
+            # says whether the release is within it (a slot removed meanwhile is not live)
+            if slot.live and local.release_open(slot.key):
                 next(slot.ends)
 
     # -- the hooks of BaseScheduler ----------------------------------------------------------
