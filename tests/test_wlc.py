@@ -31,7 +31,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -46,11 +45,13 @@ from lbalgo import (
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import (
     FractionLedger,
+    check_internals,
     check_never_picks_ineligible,
     check_weights_respected,
     groups,
     weights,
 )
+from support.clocks import FakeClock
 
 
 def keys_of(group: BackendGroup) -> tuple[str, ...]:
@@ -246,6 +247,8 @@ class WlcMachine(RuleBasedStateMachine):
         if not hasattr(self, "sched"):
             return
         assert set(self.sched.group.keys()) == set(self.open)
+        check_internals(self.sched)
+        check_internals(self.sched.ledger)
         stats = self.sched.stats()
         for key, expected in self.open.items():
             assert self.sched.open_connections(key) == expected, key
