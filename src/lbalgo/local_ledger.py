@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from heapq import heappop
+from heapq import heappop, heappush
 
-from lbalgo._wf2q import OUT, PENDING, WF2QSchedule
+from lbalgo._wf2q import BUSY, IDLE, OUT, PENDING, READY, WF2QSchedule
 from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
 
 __all__ = ["LocalLedger"]
@@ -185,10 +185,30 @@ class LocalLedger(WF2QSchedule):
         """Take the least-loaded eligible key not in ``exclude`` and count it, amortised
         O(log n) (plus O(k log n) for k excluded keys); ``None`` if no key qualifies."""
         vt = self._vt
-        idle, stamp = self._idle_heap, self._stamp
-        if self._pending >= 0:
-            self._flush()
-            idle = self._idle_heap  # _flush may have rebuilt the heaps
+        stamp = self._stamp
+        pos = self._pending
+        if pos >= 0:
+            # _flush(), written out for the common case: queue the key acquired last
+            self._pending = -1
+            mark = stamp[pos] + 1
+            stamp[pos] = mark
+            u = self._unit[pos]
+            s = self._start[pos]
+            count = self._load[pos]
+            if s <= vt:
+                self._state[pos] = READY
+                heappush(self._ready_heap, (count * u, s + u, pos, mark))
+            elif count:
+                self._state[pos] = BUSY
+                heappush(self._busy_heap, (count * u, s, pos, mark))
+                heappush(self._busy_wakeups, (s, pos))
+            else:
+                self._state[pos] = IDLE
+                heappush(self._idle_heap, (s, pos, mark))
+            self._pushes += 1
+            if self._pushes > self._limit:
+                self._rebuild_heaps()
+        idle = self._idle_heap
         if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
             self._wake()
         if exclude:
