@@ -24,26 +24,17 @@ class LocalLedger(WF2QSchedule):
     the lowest ratio; among equal ratios a ready key with the earliest ``F``, else a waiting
     key with the earliest ``S``; then group order.
 
-    Why WF2Q rather than a plain earliest-deadline (lowest ``F``) tie-break: with ten keys of
-    weight 1 and one of weight 100, earliest deadline gives the heavy key its 100 picks in a
-    burst. The readiness rule keeps every key within one pick of its weighted share in every
-    prefix of a light-load sequence (each connection released before the next acquire, so
-    all ratios tie), tighter than nginx's smooth round robin, which can stray past one pick.
-    Service a key missed or took in advance while ratios decided (heavy load) is clamped to
-    one pick at its next acquire, so when load drops nobody gets a burst of catch-up picks.
+    The WF2Q rule keeps every key within one pick of its weighted share in every prefix of
+    a light-load sequence (where all ratios tie), where a plain earliest-deadline tie-break
+    would give a heavy key its picks in a burst; a key's lead or lag is clamped to one pick
+    at its next acquire, so after heavy load nobody gets a burst of catch-up picks. Ratios
+    and virtual times are exact integers on a common scale (see ``docs/algorithms/wlc.md``
+    for the design and :class:`~lbalgo.testing.reference.FractionLedger` for the rule in
+    ``Fraction`` arithmetic).
 
-    Ratios and virtual times are integers scaled by ``M = lcm(weights, total weight)``, so
-    every comparison is exact. Multiplying every weight by one factor (the scheduler's
-    :data:`~lbalgo.scheduler.RAMP_STEPS`) multiplies ``M`` by it too and leaves every one of
-    these integers as it was; only a slow-start ramp in progress, whose step ``k`` enters
-    ``M``, makes them larger. Heaps with lazy deletion (a stale entry carries an old stamp
-    and is dropped when it surfaces; all are rebuilt in O(n) after about 2n entries were
-    queued): ready keys by ``(ratio, F)``; waiting keys with no connection ("idle")
-    by ``S``; waiting keys with connections ("busy") by ``(ratio, S)`` and by ``S``. The idle
-    heap serves both to pick and to wake, which keeps a light-load acquire at four heap
-    operations. :meth:`acquire`, :meth:`take` and :meth:`release` are amortised O(log n),
-    :meth:`count` O(1), :meth:`set_eligible` O(n). No lock of its own: its scheduler calls
-    it under the scheduler's lock.
+    Complexity: :meth:`acquire`, :meth:`take`, :meth:`release` and :meth:`set_weight`
+    amortised O(log n) (heaps with lazy deletion), :meth:`count` O(1), :meth:`set_eligible`
+    O(n). No lock of its own: its scheduler calls it under the scheduler's lock.
 
     >>> ledger = LocalLedger()
     >>> ledger.set_eligible([("a", 3), ("b", 1)])
