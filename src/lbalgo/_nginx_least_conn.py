@@ -1,0 +1,336 @@
+"""nginx's ``least_conn`` as a connection ledger: the same peer, pick for pick, off the O(n) scan.
+
+nginx (``ngx_http_upstream_get_least_conn_peer``) takes the peers with the lowest
+``conns / weight``; if several tie, it runs one step of smooth weighted round robin over the
+tied peers only: each adds its effective weight to its ``current_weight``, the largest wins
+(the first in upstream order on a tie) and loses the tied peers' total. A lone lowest peer is
+taken with no bookkeeping at all. Peers outside the tied set never move.
+
+Here peers are grouped into *classes* of equal ratio (kept as exact integers ``conns * M /
+weight``, ``M`` a common multiple of the weights). A tie step adds each member's weight to its
+current weight, so a class only counts its steps (``ticks``) and each member stores
+``current_weight - weight * ticks`` taken when it joined: fixed while it stays, and within one
+weight the order by it is the order by current weight. So the winner of a step is the best of
+the heap tops of the class's distinct weights, and a pick or release moves one peer between
+two classes. Cost: O(D + log n) a pick or release, D the number of distinct weights in the
+tied class (at most 100; usually a handful), where nginx is O(n). Picks that exclude tried
+peers, and the picks while a peer's effective weight climbs back after a failure, take
+nginx's exact O(n) step over materialized state instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from heapq import heapify, heappop, heappush
+
+from lbalgo.ledger import checked_eligible
+from lbalgo.scheduler import RAMP_STEPS
+
+__all__ = ["NginxLeastConnLedger"]
+
+
+class _Class:
+    """The peers sharing one ratio: tick count, total weight, one heap per distinct weight of
+    ``(-(current - weight * ticks), position, stamp)``."""
+
+    __slots__ = ("heaps", "live", "size", "ticks", "total")
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.total = 0
+        self.size = 0
+        self.heaps: dict[int, list[tuple[int, int, int]]] = {}
+        self.live: dict[int, int] = {}  # members by weight
+
+
+class NginxLeastConnLedger:
+    """In-process ledger choosing exactly as nginx's ``least_conn`` (see the module doc).
+
+    Weights arrive as in every ledger, in units of ``1 / RAMP_STEPS``; nginx's arithmetic on
+    effective weights needs whole weights, so each must be a multiple of ``RAMP_STEPS`` (no
+    slow-start ramp). State of keys that leave the eligible set (down, suspended) is kept:
+    their counts drain and their current weights wait for their return, as nginx's skipped
+    peers keep theirs.
+
+    >>> ledger = NginxLeastConnLedger()
+    >>> ledger.set_eligible([("a", 3 * RAMP_STEPS), ("b", 1 * RAMP_STEPS)])
+    >>> [ledger.acquire() for _ in range(3)]  # a tie at 0/3 = 0/1, then 1/3 < 1/1...
+    ['a', 'b', 'a']
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self._weight: list[int] = []  # nginx's weight
+        self._effective: list[int] = []  # nginx's effective_weight
+        self._conns: list[int] = []
+        self._base: list[int] = []  # current_weight - weight * ticks of its class at entry
+        self._ratio: list[int] = []  # the class it is in
+        self._stamp: list[int] = []
+        self._unit: list[int] = []  # M // weight
+        self._classes: dict[int, _Class] = {}
+        self._ratios: list[int] = []  # min-heap of class ratios, stale ones skipped
+        self._recovering = 0  # peers whose effective weight is below their weight
+        # known keys that are not eligible: (conns, current_weight, effective_weight, weight)
+        self._parked: dict[str, tuple[int, int, int, int]] = {}
+
+    # -- the ConnectionLedger interface ------------------------------------------------------
+
+    def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
+        """Replace the eligible set, keeping every known key's count and current weight, O(n).
+        ``ValueError`` naming the key and value for a weight that is not a whole weight."""
+        entries = list(checked_eligible(weights).items())
+        for key, weight in entries:
+            if weight % RAMP_STEPS:
+                raise ValueError(
+                    f"nginx least_conn needs whole weights (no slow start): {key} has "
+                    f"{weight}/{RAMP_STEPS}"
+                )
+        self._parked.update(self._snapshot())
+        self._keys = [key for key, _ in entries]
+        self._index = {key: i for i, key in enumerate(self._keys)}
+        self._weight = [weight // RAMP_STEPS for _, weight in entries]
+        restored = [
+            self._parked.pop(key, (0, 0, weight, weight))
+            for key, weight in zip(self._keys, self._weight, strict=True)
+        ]
+        self._conns = [conns for conns, _, _, _ in restored]
+        # a new weight caps the effective weight; a raised one is climbed to one step a time
+        self._effective = [
+            min(effective, weight)
+            for (_, _, effective, _), weight in zip(restored, self._weight, strict=True)
+        ]
+        self._rebuild([current for _, current, _, _ in restored])
+
+    def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
+        """nginx's choice among the eligible keys not in ``exclude``, counted: O(D + log n)
+        without ``exclude`` and at full effective weights, else nginx's O(n) step."""
+        if exclude or self._recovering:
+            return self._acquire_exact(exclude)
+        ratio = self._min_ratio()
+        if ratio is None:
+            return None
+        group = self._classes[ratio]
+        if group.size == 1:
+            pos = self._top(group)  # a lone lowest peer: nginx moves no current weight
+            self._move(pos, self._conns[pos] + 1, self._current(pos))
+            return self._keys[pos]
+        group.ticks += 1
+        pos = self._top(group)
+        self._move(pos, self._conns[pos] + 1, self._current(pos) - group.total)
+        return self._keys[pos]
+
+    def take(self, key: str) -> None:
+        """Count one connection on ``key`` chosen elsewhere (current weights do not move)."""
+        pos = self._index.get(key)
+        if pos is None:
+            parked = self._parked.get(key)
+            if parked is not None:
+                self._parked[key] = (parked[0] + 1, *parked[1:])
+            return
+        self._move(pos, self._conns[pos] + 1, self._current(pos))
+
+    def release(self, key: str) -> None:
+        """One connection on ``key`` ended (never below 0; unknown keys ignored)."""
+        self.release_open(key)
+
+    def release_open(self, key: str) -> bool:
+        """:meth:`release`, saying whether ``key`` had a connection to release."""
+        pos = self._index.get(key)
+        if pos is None:
+            parked = self._parked.get(key)
+            if parked is None or not parked[0]:
+                return False
+            self._parked[key] = (parked[0] - 1, *parked[1:])
+            return True
+        if not self._conns[pos]:
+            return False
+        self._move(pos, self._conns[pos] - 1, self._current(pos))
+        return True
+
+    def failed(self, key: str, max_fails: int) -> None:
+        """A failure reported on ``key``: nginx lowers its effective weight by
+        ``weight // max_fails`` (not below 0); it climbs back by one per tie step."""
+        if max_fails <= 0:
+            return
+        pos = self._index.get(key)
+        if pos is None:
+            parked = self._parked.get(key)
+            if parked is not None:  # a suspended peer's effective weight drops all the same
+                conns, current, effective, weight = parked
+                effective = max(effective - weight // max_fails, 0)
+                self._parked[key] = (conns, current, effective, weight)
+            return
+        weight = self._weight[pos]
+        before = self._effective[pos]
+        self._effective[pos] = max(before - weight // max_fails, 0)
+        if before == weight and self._effective[pos] < weight:
+            self._recovering += 1
+
+    def count(self, key: str) -> int:
+        """Open connections on ``key`` (0 if unknown), O(1)."""
+        pos = self._index.get(key)
+        if pos is None:
+            return self._parked.get(key, (0, 0, 0, 0))[0]
+        return self._conns[pos]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop everything known about ``keys`` (they left the group); O(n) if one of them
+        is still eligible, else O(k)."""
+        gone = set(keys)
+        for key in gone:
+            self._parked.pop(key, None)
+        if any(key in self._index for key in gone):
+            current = [self._current(pos) for pos in range(len(self._keys))]
+            for key in gone:
+                pos = self._index.get(key)
+                if pos is not None:
+                    self._conns[pos] = current[pos] = 0
+                    self._effective[pos] = self._weight[pos]
+            self._rebuild(current)
+
+    def current_weights(self) -> dict[str, int]:
+        """Every eligible key's nginx ``current_weight``, O(n) (for tests and ``stats``)."""
+        return {key: self._current(pos) for pos, key in enumerate(self._keys)}
+
+    def _check(self) -> None:
+        """Assert every internal invariant (stateful tests call this after each step)."""
+        live: dict[int, list[int]] = {}
+        for pos, key in enumerate(self._keys):
+            assert self._index[key] == pos
+            assert 0 <= self._effective[pos] <= self._weight[pos]
+            assert self._conns[pos] >= 0
+            assert self._ratio[pos] == self._conns[pos] * self._unit[pos]
+            live.setdefault(self._ratio[pos], []).append(pos)
+        assert set(live) == set(self._classes)
+        assert set(live) <= set(self._ratios)
+        for ratio, members in live.items():
+            group = self._classes[ratio]
+            assert group.size == len(members)
+            assert group.total == sum(self._weight[p] for p in members)
+            for weight, heap in group.heaps.items():
+                fresh = sorted(e for e in heap if e[2] == self._stamp[e[1]])
+                assert len(fresh) == group.live[weight] > 0
+                assert {e[1] for e in fresh} == {p for p in members if self._weight[p] == weight}
+        assert self._recovering == sum(
+            e < w for e, w in zip(self._effective, self._weight, strict=True)
+        )
+        assert not set(self._parked) & set(self._index)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _current(self, pos: int) -> int:
+        return self._base[pos] + self._weight[pos] * self._classes[self._ratio[pos]].ticks
+
+    def _snapshot(self) -> dict[str, tuple[int, int, int, int]]:
+        return {
+            key: (self._conns[pos], self._current(pos), self._effective[pos], self._weight[pos])
+            for pos, key in enumerate(self._keys)
+        }
+
+    def _rebuild(self, current: list[int]) -> None:
+        """All classes from counts and current weights, O(n)."""
+        weights = set(self._weight)
+        scale = math.lcm(*weights) if weights else 1
+        self._unit = [scale // weight for weight in self._weight]
+        self._stamp = [0] * len(self._keys)
+        self._base = list(current)
+        self._ratio = [c * u for c, u in zip(self._conns, self._unit, strict=True)]
+        self._classes = {}
+        for pos, ratio in enumerate(self._ratio):
+            group = self._classes.get(ratio)
+            if group is None:
+                group = self._classes[ratio] = _Class()
+            weight = self._weight[pos]
+            group.size += 1
+            group.total += weight
+            group.live[weight] = group.live.get(weight, 0) + 1
+            group.heaps.setdefault(weight, []).append((-current[pos], pos, 0))
+        for group in self._classes.values():
+            for heap in group.heaps.values():
+                heapify(heap)
+        self._ratios = list(self._classes)
+        heapify(self._ratios)
+        self._recovering = sum(
+            e < w for e, w in zip(self._effective, self._weight, strict=True)
+        )
+
+    def _min_ratio(self) -> int | None:
+        ratios = self._ratios
+        while ratios and ratios[0] not in self._classes:
+            heappop(ratios)
+        return ratios[0] if ratios else None
+
+    def _top(self, group: _Class) -> int:
+        """The member with the largest current weight, the first in order on a tie, O(D)."""
+        best_pos, best_value = -1, 0
+        stamp, ticks = self._stamp, group.ticks
+        for weight, heap in group.heaps.items():
+            while heap[0][2] != stamp[heap[0][1]]:
+                heappop(heap)
+            negated, pos, _ = heap[0]
+            value = weight * ticks - negated
+            if best_pos < 0 or value > best_value or (value == best_value and pos < best_pos):
+                best_pos, best_value = pos, value
+        return best_pos
+
+    def _move(self, pos: int, conns: int, current: int) -> None:
+        """Set ``pos``'s count and current weight, moving it to the class of its new ratio."""
+        weight = self._weight[pos]
+        old = self._classes[self._ratio[pos]]
+        old.size -= 1
+        old.total -= weight
+        old.live[weight] -= 1
+        if not old.size:
+            del self._classes[self._ratio[pos]]
+        elif not old.live[weight]:
+            del old.live[weight], old.heaps[weight]
+        self._stamp[pos] += 1
+        self._conns[pos] = conns
+        ratio = self._ratio[pos] = conns * self._unit[pos]
+        group = self._classes.get(ratio)
+        if group is None:
+            group = self._classes[ratio] = _Class()
+            heappush(self._ratios, ratio)
+        group.size += 1
+        group.total += weight
+        group.live[weight] = group.live.get(weight, 0) + 1
+        self._base[pos] = current - weight * group.ticks
+        heap = group.heaps.setdefault(weight, [])
+        heappush(heap, (-self._base[pos], pos, self._stamp[pos]))
+        if len(heap) > 2 * group.live[weight] + 16:
+            # drop stale entries now and then, so a class that lives long stays small
+            stamp = self._stamp
+            heap[:] = [e for e in heap if e[2] == stamp[e[1]]]
+            heapify(heap)
+
+    def _acquire_exact(self, exclude: AbstractSet[str]) -> str | None:
+        """nginx's two loops over materialized state, O(n), then the classes rebuilt."""
+        keys, weight, conns, effective = self._keys, self._weight, self._conns, self._effective
+        candidates = [pos for pos, key in enumerate(keys) if key not in exclude]
+        if not candidates:
+            return None
+        current = [self._current(pos) for pos in range(len(keys))]
+        best = candidates[0]
+        many = False
+        for pos in candidates[1:]:
+            if conns[pos] * weight[best] < conns[best] * weight[pos]:
+                best, many = pos, False
+            elif conns[pos] * weight[best] == conns[best] * weight[pos]:
+                many = True
+        total = 0
+        if many:
+            tied = [p for p in candidates if conns[p] * weight[best] == conns[best] * weight[p]]
+            for pos in tied:
+                current[pos] += effective[pos]
+                total += effective[pos]
+                if effective[pos] < weight[pos]:
+                    effective[pos] += 1
+                if current[pos] > current[best]:
+                    best = pos
+        current[best] -= total
+        conns[best] += 1
+        self._rebuild(current)
+        return keys[best]
