@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from lbalgo import Backend, BackendGroup, LocalLedger, WeightedLeastConnections
 from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo.scheduler import RAMP_STEPS
 from nginx_models import NginxPeer, NginxPeers
@@ -95,3 +101,53 @@ def test_tie_break_is_nginx_smooth_round_robin() -> None:
         picks.append(key)
         ledger.release(key)
     assert "".join(picks) == "aabacaa"
+
+
+@given(
+    st.lists(_WEIGHTS, min_size=1, max_size=8),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 7)), max_size=120),
+)
+def test_scheduler_follows_the_model(weights: list[int], ops: list[tuple[bool, int]]) -> None:
+    """``WeightedLeastConnections(compat="nginx")``: picks and releases in any mix."""
+    group = BackendGroup(Backend("10.0.0.1", 1000 + i, w) for i, w in enumerate(weights))
+    sched = WeightedLeastConnections(group, compat="nginx")
+    model = NginxPeers([NginxPeer(w) for w in weights])
+    backends = list(group)
+    for is_pick, i in ops:
+        if is_pick:
+            expected = model.get_least_conn_peer(_NOW)
+            assert expected is not None
+            assert sched.pick() == backends[expected]
+        else:
+            i %= len(weights)
+            if model.peers[i].conns:
+                model.free_peer(i, _NOW, failed=False)
+            sched.release(backends[i])
+        assert [sched.open_connections(b.key) for b in backends] == [
+            p.conns for p in model.peers
+        ]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"compat": "haproxy"}, "compat must be None or 'nginx', got 'haproxy'"),
+        ({"compat": "nginx", "ledger": LocalLedger()}, "ledger=<LocalLedger"),
+        ({"compat": "nginx", "slow_start": 30.0}, "slow_start=30.0"),
+    ],
+)
+def test_compat_refusals(options: dict[str, Any], words: str) -> None:
+    group = BackendGroup([Backend("10.0.0.1", 80)])
+    with pytest.raises(ValueError, match=re.escape(words)):
+        WeightedLeastConnections(group, **options)
+
+
+def test_ledger_refuses_fractional_weights_unchanged() -> None:
+    ledger = NginxLeastConnLedger()
+    ledger.set_eligible([("a", 2 * RAMP_STEPS)])
+    assert ledger.acquire() == "a"
+    with pytest.raises(ValueError, match="b has 33/32"):
+        ledger.set_eligible([("a", RAMP_STEPS), ("b", 33)])
+    assert ledger.count("a") == 1
+    assert ledger.current_weights() == {"a": 0}
+    ledger._check()

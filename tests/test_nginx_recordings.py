@@ -212,11 +212,6 @@ def test_least_conn_model_matches_nginx(
     assert got == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WeightedLeastConnections(compat='nginx') is not built yet (issue 16, after the "
-    "core redesign)",
-)
 def test_least_conn_scheduler_matches_nginx(
     least_conn_recording: tuple[str, list[tuple[str, str]]],
 ) -> None:

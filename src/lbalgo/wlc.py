@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 
+from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.ledger import ConnectionLedger, LocalLedger
 from lbalgo.scheduler import RAMP_STEPS, BaseScheduler, Client, Clock, Exclude, _Slot
@@ -55,6 +56,22 @@ class WeightedLeastConnections(BaseScheduler):
     Complexity with the local ledger: ``pick`` and ``release`` amortised O(log n);
     ``update``, ``mark_down``/``mark_up`` and each slow-start weight step O(n).
 
+    ``compat="nginx"`` breaks ties exactly as nginx's ``least_conn``: its smooth weighted
+    round robin over the tied backends only (their ``current_weight``; a lone lowest backend
+    moves nothing), with nginx's ``effective_weight`` after failures, so the same picks,
+    releases and failures give the same backends as a real nginx, pick for pick. It keeps
+    its own in-process ledger (``ledger`` must be ``None``) and has no slow start (nginx has
+    none). ``pick`` and ``release`` cost O(D + log n), D the number of distinct weights among
+    the tied backends (at most 100), where nginx scans all n; picks with ``exclude`` and
+    picks while a backend's effective weight climbs back after a failure take nginx's O(n)
+    step.
+
+    >>> sched = WeightedLeastConnections(BackendGroup([Backend("10.0.0.1", 80, 5),
+    ...     Backend("10.0.0.2", 80, 1), Backend("10.0.0.3", 80, 1)]), compat="nginx")
+    >>> def light(): b = sched.pick(); sched.release(b); return b.host[-1]
+    >>> "".join(light() for _ in range(7))  # every pick a tie at 0: nginx's a a b a c a a
+    '1121311'
+
     >>> from lbalgo import Backend, BackendGroup
     >>> group = BackendGroup([Backend("10.0.0.1", 80, 3), Backend("10.0.0.2", 80, 1)])
     >>> sched = WeightedLeastConnections(group)
@@ -76,9 +93,25 @@ class WeightedLeastConnections(BaseScheduler):
         max_fails: int = 0,
         fail_timeout: float = 10.0,
         clock: Clock = time.monotonic,
+        compat: str | None = None,
     ) -> None:
+        if compat not in (None, "nginx"):
+            raise ValueError(f"compat must be None or 'nginx', got {compat!r}")
+        if compat == "nginx":
+            if ledger is not None:
+                raise ValueError(
+                    f"compat='nginx' keeps its own in-process ledger, got ledger={ledger!r}"
+                )
+            if slow_start:
+                raise ValueError(
+                    f"compat='nginx' has no slow start (nginx's least_conn has none), got "
+                    f"slow_start={slow_start!r}"
+                )
+        self._compat = compat
         given = ledger is not None
-        if ledger is None:
+        if compat == "nginx":
+            ledger = NginxLeastConnLedger()
+        elif ledger is None:
             ledger = LocalLedger()
         elif not isinstance(ledger, ConnectionLedger):
             raise TypeError(f"ledger must be a ConnectionLedger, got {ledger!r}")
@@ -113,7 +146,10 @@ class WeightedLeastConnections(BaseScheduler):
             raise
         # The fast path below serves the common configuration: no clock-driven feature and
         # the local ledger, whose count for a key is exactly this scheduler's open count.
-        self._local = ledger if type(ledger) is LocalLedger and not self._timed else None
+        self._local: LocalLedger | NginxLeastConnLedger | None = None
+        if not self._timed and isinstance(ledger, (LocalLedger, NginxLeastConnLedger)):
+            # exact types only: a subclass may count differently
+            self._local = ledger if type(ledger) in (LocalLedger, NginxLeastConnLedger) else None
 
     @property
     def ledger(self) -> ConnectionLedger:
@@ -156,6 +192,13 @@ class WeightedLeastConnections(BaseScheduler):
         if key is None:
             raise self._no_backend(exclude)
         return self._slots[key]
+
+    def _record_failure(self, slot: _Slot) -> None:
+        super()._record_failure(slot)
+        ledger = self._ledger
+        # nginx lowers a failed peer's effective weight (never the only server's)
+        if isinstance(ledger, NginxLeastConnLedger) and len(self._order) > 1:
+            ledger.failed(slot.key, self._max_fails)
 
     def _on_take(self, slot: _Slot) -> None:
         self._ledger.take(slot.key)
