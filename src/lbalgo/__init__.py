@@ -6,6 +6,7 @@ Everything public is importable from here; see ``docs/`` for the guide and API r
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
 from lbalgo.ledger import ConnectionLedger, LocalLedger
+from lbalgo.nginx import Upstream, load_upstream
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler
@@ -33,8 +34,10 @@ __all__ = [
     "SmoothWeightedRoundRobin",
     "SourceIPHash",
     "StickySessions",
+    "Upstream",
     "WeightedLeastConnections",
     "attempts",
+    "load_upstream",
 ]
 
 __version__ = "0.1.0.dev0"
