@@ -123,11 +123,6 @@ def test_swrr_model_matches_nginx(swrr_recording: tuple[str, list[Attempt]]) -> 
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SWRR does not keep nginx's effective_weight and fails/checked rules yet "
-    "(issue 16, after the core redesign)",
-)
 def test_swrr_scheduler_matches_nginx(swrr_recording: tuple[str, list[Attempt]]) -> None:
     text, record = swrr_recording
     assert _replay_scheduler(text, record) == [a.upstream for a in record]

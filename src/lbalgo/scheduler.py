@@ -24,7 +24,6 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -149,12 +148,13 @@ class _Slot:
     """Runtime state of one backend key inside one scheduler (private, mutable)."""
 
     __slots__ = (
+        "accessed",
         "backend",
-        "fail_times",
+        "checked",
+        "fails",
         "failures",
         "key",
         "picks",
-        "probation",
         "ramp_start",
         "released",
         "suspended_until",
@@ -168,11 +168,12 @@ class _Slot:
         self.released = 0
         self.up = True
         self.failures = 0
-        # passive health: failure times inside the fail_timeout window; suspended_until is
-        # -inf while healthy, else when the suspension ends (once past, the next pick is the
-        # one trial); probation: that trial is in flight
-        self.fail_times: deque[float] = deque()
-        self.probation = False
+        # passive health, nginx's fields: failures not yet cleared, the last failure's time
+        # and the last check (a failure, or the first pick fail_timeout after the last
+        # check); suspended_until: -inf, or the first instant it may be picked again
+        self.fails = 0
+        self.accessed = -math.inf
+        self.checked = -math.inf
         self.suspended_until = -math.inf
         self.ramp_start: float | None = None
 
@@ -516,6 +517,10 @@ class BaseScheduler(ABC):
                     next_event = min(next_event, ramp_end)
             if now < slot.suspended_until:
                 next_event = min(next_event, slot.suspended_until)
+            if slot.fails:
+                due = self._check_due(slot)
+                if now < due:
+                    next_event = min(next_event, due)
             # a lifted suspension stays recorded (suspended_until in the past): the next pick
             # of that backend is its one trial (see _count_pick)
         self._next_event = next_event
@@ -562,13 +567,14 @@ class BaseScheduler(ABC):
 
     def _count_pick(self, slot: _Slot, now: float) -> None:
         next(slot.picks)
-        if slot.suspended_until != -math.inf:
-            # nginx's trial: a backend whose suspension ran out gets ONE request, then no
-            # other for fail_timeout while its outcome is awaited (a success clears it)
-            slot.probation = True
-            slot.suspended_until = now + self._fail_timeout
-            self._next_event = min(self._next_event, slot.suspended_until)
-            self._rebuild()
+        if slot.fails and now >= self._check_due(slot):
+            # nginx's check (ngx_http_upstream_get_peer): the first pick fail_timeout after
+            # the last check renews it, so that this request's success clears the failures;
+            # for a backend that was out, it is the one trial, and it is out again meanwhile
+            slot.checked = now
+            if slot.fails >= self._max_fails:
+                self._suspend(slot)
+                self._rebuild()
 
     def _no_backend(self, excluded: Collection[str]) -> NoBackendAvailable:
         """The error for a pick with nothing eligible, saying why."""
@@ -623,36 +629,42 @@ class BaseScheduler(ABC):
         slot.released += 1
         if failed:
             self._record_failure(slot)
-        elif slot.probation:
-            # the trial succeeded: the backend is back, cold, like one marked up again
+        elif slot.fails and slot.accessed < slot.checked:
+            # a success after a check clears the failures (nginx's free_round_robin_peer);
+            # a backend that was out is back, cold, like one marked up again
+            out = slot.fails >= self._max_fails
             self._clear_failures(slot)
-            self._start_ramp(slot)
+            if out:
+                self._start_ramp(slot)
             self._rebuild()
         self._on_release(slot)
 
     def _record_failure(self, slot: _Slot) -> None:
+        """nginx's failure bookkeeping: ``max_fails`` failures, each within ``fail_timeout``
+        of the last check, put the backend out until ``fail_timeout`` after the last one."""
         slot.failures += 1
         if self._max_fails == 0 or len(self._order) == 1:
             return  # nginx never considers the only server of a group unavailable
         now = self._clock()
-        if slot.suspended_until == -math.inf:
-            # failures count within a sliding fail_timeout window; as in nginx, successes in
-            # between do not erase them
-            window = slot.fail_times
-            while window and window[0] <= now - self._fail_timeout:
-                window.popleft()
-            window.append(now)
-            if len(window) < self._max_fails:
-                return
-            window.clear()
-        # max_fails reached, or any failure of a suspended backend or of its trial (nginx
-        # restarts fail_timeout on each): no picks for fail_timeout from now
-        slot.probation = False
-        slot.suspended_until = now + self._fail_timeout
-        self._next_event = min(self._next_event, slot.suspended_until)
+        slot.fails += 1
+        slot.accessed = slot.checked = now
+        if slot.fails >= self._max_fails:
+            self._suspend(slot)
+        else:
+            self._next_event = min(self._next_event, self._check_due(slot))
+        # always: an algorithm may keep per-failure state (nginx's effective weight), and a
+        # backend with failures needs its next check seen
         self._rebuild()
 
+    def _check_due(self, slot: _Slot) -> float:
+        """When ``slot``'s next pick is a check: just after ``checked + fail_timeout`` (nginx
+        compares whole seconds with ``now - checked > fail_timeout``)."""
+        return math.nextafter(slot.checked + self._fail_timeout, math.inf)
+
+    def _suspend(self, slot: _Slot) -> None:
+        slot.suspended_until = self._check_due(slot)
+        self._next_event = min(self._next_event, slot.suspended_until)
+
     def _clear_failures(self, slot: _Slot) -> None:
-        slot.fail_times.clear()
-        slot.probation = False
+        slot.fails = 0
         slot.suspended_until = -math.inf

@@ -329,6 +329,8 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         self._takes = 0  # picks made by _take (sticky sessions) since the replay started
         # 1, or RAMP_STEPS while a slow-start ramp is on: the unit of the current weights
         self._scale = 1
+        # nginx's effective weights below full weight, after failures (absent: full weight)
+        self._effective: dict[_Slot, int] = {}
         super().__init__(
             group,
             slow_start=slow_start,
@@ -378,10 +380,20 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         total = 0
         taking_part = []
         fine = self._scale != 1
+        effective = self._effective
+        recovering = bool(effective)
         for slot in self._order:
             if slot.key in exclude or not self._eligible(slot, now):
                 continue
-            weight = self._fine_weight(slot, now) if fine else slot.backend.weight
+            # nginx's effective weight: lowered by failures, back up by one per step
+            weight = effective.get(slot, slot.backend.weight)
+            if weight < slot.backend.weight:
+                if weight + 1 < slot.backend.weight:
+                    effective[slot] = weight + 1
+                else:
+                    del effective[slot]
+            if fine:
+                weight *= self._ramp_step(slot, now)
             value = current[slot] + weight
             total += weight
             taking_part.append((slot, weight))
@@ -394,7 +406,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         for slot, weight in taking_part:
             current[slot] += weight
         current[best] -= total
-        if resume:
+        if resume or (recovering and not effective):
             self._start_epoch()
         return best
 
@@ -402,6 +414,11 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         self._fold()
         current = self._current
         self._current = {slot: current.get(slot, 0) for slot in self._order}
+        self._effective = {
+            slot: weight
+            for slot, weight in self._effective.items()
+            if self._slots.get(slot.key) is slot and weight < slot.backend.weight
+        }
         ramping = self._ramping()
         if ramping and self._scale == 1:
             # nginx's steps are linear in the weights: on weights and current weights all
@@ -432,13 +449,15 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         """Start generating from the current weights if nothing depends on the clock."""
         self._stream = _EMPTY
         self._epoch = None
-        if self._next_event != math.inf or self._scale != 1 or any(
-            slot.suspended_until != -math.inf and slot.up and slot.backend.weight > 0
-            for slot in self._order
+        if (
+            self._next_event != math.inf
+            or self._scale != 1
+            or self._effective
+            or any(slot.fails and slot.up and slot.backend.weight > 0 for slot in self._order)
         ):
-            # ramps, suspensions or trials pending: exact steps until they end (a backend
-            # awaiting its trial while down or at weight 0 cannot be picked, so it does not
-            # keep every pick on the O(n) path)
+            # ramps, suspensions, checks or effective weights climbing back after failures:
+            # exact steps until they end (a backend with failures while down or at weight 0
+            # cannot be picked, so it does not keep every pick on the O(n) path)
             return
         now = self._now()
         slots = tuple(slot for slot in self._order if self._eligible(slot, now))
@@ -448,6 +467,15 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             [self._current[slot] for slot in slots],
         )
         self._chunk = _FIRST_CHUNK
+
+    def _record_failure(self, slot: _Slot) -> None:
+        if self._max_fails and len(self._order) > 1:
+            # nginx's free_round_robin_peer: the effective weight drops by weight / max_fails
+            weight = slot.backend.weight
+            lowered = max(self._effective.get(slot, weight) - weight // self._max_fails, 0)
+            if lowered < weight:
+                self._effective[slot] = lowered
+        super()._record_failure(slot)  # rebuilds: the replay stops until it climbs back
 
     def _on_take(self, slot: _Slot) -> None:
         # a sticky session's pick bypasses the rotation (nginx's sticky does too); only the
