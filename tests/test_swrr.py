@@ -481,6 +481,7 @@ def test_passive_health_suspension_is_skipped_like_down() -> None:
             clock.now += 11.0
         lease = sched.connection()
         index = model.get_round_robin_peer(int(clock.now))
+        assert index is not None
         assert lease.backend.key == f"b{index}"
         failed = step == 8
         model.free_peer(index, int(clock.now), failed=failed)
