@@ -306,11 +306,14 @@ class BaseScheduler(ABC):
     the weight (``_fine_weight`` gives algorithms the effective weights on that fine integer
     scale).
     Never at construction, never while no other backend serves.
-    ``max_fails`` / ``fail_timeout``: passive health as nginx's options of the same names
-    (``max_fails=0`` disables it): ``max_fails`` failures within a sliding ``fail_timeout``
-    window suspend a backend for ``fail_timeout``; then ONE trial request goes to it; its
+    ``max_fails`` / ``fail_timeout``: passive health with nginx's rule, exactly
+    (``max_fails=0`` disables it): each failure counts and is a check; the first pick more
+    than ``fail_timeout`` after the last check is a check too, and a success after a check
+    clears the failures. ``max_fails`` uncleared failures suspend a backend until more than
+    ``fail_timeout`` after the last one; then ONE trial request goes to it (a check); its
     success clears the failures, any failure suspends it again. The only backend of a group
-    is never suspended (as in nginx).
+    is never suspended (as in nginx). Picks while a failure awaits its check take the exact
+    (non-replayed) path.
     ``clock``: the time source, injectable for tests.
     """
 

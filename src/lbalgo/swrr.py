@@ -265,9 +265,12 @@ class SmoothWeightedRoundRobin(BaseScheduler):
     nginx skips a down or already tried peer: it takes no part in that pick, its current
     weight does not move, and the total is the sum over the backends that take part.
     ``update(group)``: surviving keys keep their current weight, new keys start at 0, removed
-    keys are forgotten; a new weight counts from the next pick. nginx also lowers a peer's
-    effective weight after each failure; here passive health suspends instead, as
-    ``max_fails`` does, so that part of nginx is not reproduced.
+    keys are forgotten; a new weight counts from the next pick. With ``max_fails``, nginx's
+    effective weight too: a failure lowers it by ``weight // max_fails`` (not below 0), and
+    each pick the backend takes part in adds its effective weight, then raises it by one
+    until it is back at ``weight``; with passive health following nginx's rule (see
+    :class:`~lbalgo.scheduler.BaseScheduler`), the picks stay nginx's through failures and
+    recoveries, pick for pick, when the clock is nginx's (whole seconds).
 
     Slow start. While any ramp is on, the steps run on the fine scale of
     :data:`~lbalgo.scheduler.RAMP_STEPS`: every weight and current weight is multiplied by
@@ -304,8 +307,10 @@ class SmoothWeightedRoundRobin(BaseScheduler):
       one period; at n = 500 several times cheaper than the O(n) loop), then O(1) again.
       Memory: O(n + W), W <= 500 x 100.
     - ``pick(exclude=...)`` that skips a backend taking part, picks while a slow start ramp or
-      a passive-health suspension is pending, and picks while a backend awaits its trial: the
-      exact O(n) nginx step under the lock.
+      a passive-health suspension is pending, while a backend with failures awaits its check
+      or trial, and while an effective weight climbs back after a failure: the exact O(n)
+      nginx step under the lock. With ``max_fails`` set and no failure, picks stay on the
+      O(1) replay.
 
     Threads: a pick racing with a change may still be served from the rotation before the
     change (as if it came first); counts are never lost. Rotation state is per process. A
