@@ -13,7 +13,8 @@ current weight, so a class only counts its steps (``ticks``) and each member sto
 weight the order by it is the order by current weight. So the winner of a step is the best of
 the heap tops of the class's distinct weights, and a pick or release moves one peer between
 two classes. Cost: O(D + log n) a pick or release, D the number of distinct weights in the
-tied class (at most 100; usually a handful), where nginx is O(n). Picks that exclude tried
+tied class (at most 100; usually a handful), where nginx is O(n); the D part is one C-level
+``max`` over packed integer keys, the rest Python. Picks that exclude tried
 peers, and the picks while a peer's effective weight climbs back after a failure, take
 nginx's exact O(n) step over materialized state instead.
 """
@@ -24,25 +25,41 @@ import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from heapq import heapify, heappop, heappush
+from itertools import repeat
+from operator import add, mul
 
+from lbalgo.backend import MAX_BACKENDS
 from lbalgo.ledger import checked_eligible
 from lbalgo.scheduler import RAMP_STEPS
 
 __all__ = ["NginxLeastConnLedger"]
 
 
-class _Class:
-    """The peers sharing one ratio: tick count, total weight, one heap per distinct weight of
-    ``(-(current - weight * ticks), position, stamp)``."""
+# A leader's pick key packs its current weight and position, value * _SCALE + (_SCALE - 1 -
+# pos), so one C-level max() over ints finds the largest value and, among equals, the first.
+_SCALE = 512
+assert _SCALE > MAX_BACKENDS
+_LAST = _SCALE - 1
+_NONE = -(1 << 200)  # the key of an emptied weight's place: below any real key
 
-    __slots__ = ("heaps", "live", "size", "ticks", "total")
+
+class _Class:
+    """The peers sharing one ratio. Each distinct weight has a place ``k``: ``heaps[k]`` of
+    ``(-(current - weight * ticks), position, stamp)``, ``keys[k]`` its leader's packed key
+    at tick 0 and ``slopes[k]`` = weight * _SCALE, so the leaders' keys now are
+    ``keys + slopes * ticks``, compared in C."""
+
+    __slots__ = ("heaps", "keys", "live", "place", "size", "slopes", "ticks", "total")
 
     def __init__(self) -> None:
         self.ticks = 0
         self.total = 0
         self.size = 0
-        self.heaps: dict[int, list[tuple[int, int, int]]] = {}
-        self.live: dict[int, int] = {}  # members by weight
+        self.place: dict[int, int] = {}  # weight -> its place
+        self.heaps: list[list[tuple[int, int, int]]] = []
+        self.keys: list[int] = []
+        self.slopes: list[int] = []
+        self.live: list[int] = []  # members by place
 
 
 class NginxLeastConnLedger:
@@ -71,7 +88,9 @@ class NginxLeastConnLedger:
         self._stamp: list[int] = []
         self._unit: list[int] = []  # M // weight
         self._classes: dict[int, _Class] = {}
-        self._ratios: list[int] = []  # min-heap of class ratios, stale ones skipped
+        # min-heap of class ratios: a class stays (maybe empty, reused) while its ratio is in
+        # it, and is dropped when its ratio comes to the top empty
+        self._ratios: list[int] = []
         self._recovering = 0  # peers whose effective weight is below their weight
         # known keys that are not eligible: (conns, current_weight, effective_weight, weight)
         self._parked: dict[str, tuple[int, int, int, int]] = {}
@@ -204,16 +223,23 @@ class NginxLeastConnLedger:
             assert self._conns[pos] >= 0
             assert self._ratio[pos] == self._conns[pos] * self._unit[pos]
             live.setdefault(self._ratio[pos], []).append(pos)
-        assert set(live) == set(self._classes)
-        assert set(live) <= set(self._ratios)
-        for ratio, members in live.items():
-            group = self._classes[ratio]
+        assert set(live) <= set(self._classes) == set(self._ratios)
+        assert len(self._ratios) == len(self._classes)
+        for ratio, group in self._classes.items():
+            members = live.get(ratio, [])
             assert group.size == len(members)
             assert group.total == sum(self._weight[p] for p in members)
-            for weight, heap in group.heaps.items():
-                fresh = sorted(e for e in heap if e[2] == self._stamp[e[1]])
-                assert len(fresh) == group.live[weight] > 0
+            for weight, k in group.place.items():
+                fresh = [e for e in group.heaps[k] if e[2] == self._stamp[e[1]]]
+                assert len(fresh) == group.live[k]
                 assert {e[1] for e in fresh} == {p for p in members if self._weight[p] == weight}
+                if fresh:
+                    top = group.heaps[k][0]
+                    assert top[2] == self._stamp[top[1]]  # the leader is never stale
+                    assert group.keys[k] == -top[0] * _SCALE + _LAST - top[1]
+                    assert group.slopes[k] == weight * _SCALE
+                else:
+                    assert group.keys[k] == _NONE
         assert self._recovering == sum(
             e < w for e, w in zip(self._effective, self._weight, strict=True)
         )
@@ -246,11 +272,13 @@ class NginxLeastConnLedger:
             weight = self._weight[pos]
             group.size += 1
             group.total += weight
-            group.live[weight] = group.live.get(weight, 0) + 1
-            group.heaps.setdefault(weight, []).append((-current[pos], pos, 0))
+            k = self._place(group, weight)
+            group.live[k] += 1
+            group.heaps[k].append((-current[pos], pos, 0))
         for group in self._classes.values():
-            for heap in group.heaps.values():
+            for k, heap in enumerate(group.heaps):
                 heapify(heap)
+                self._lead(group, k)
         self._ratios = list(self._classes)
         heapify(self._ratios)
         self._recovering = sum(
@@ -258,51 +286,74 @@ class NginxLeastConnLedger:
         )
 
     def _min_ratio(self) -> int | None:
-        ratios = self._ratios
-        while ratios and ratios[0] not in self._classes:
-            heappop(ratios)
+        ratios, classes = self._ratios, self._classes
+        while ratios and not classes[ratios[0]].size:
+            del classes[heappop(ratios)]
         return ratios[0] if ratios else None
 
-    def _top(self, group: _Class) -> int:
-        """The member with the largest current weight, the first in order on a tie, O(D)."""
-        best_pos, best_value = -1, 0
-        stamp, ticks = self._stamp, group.ticks
-        for weight, heap in group.heaps.items():
-            while heap[0][2] != stamp[heap[0][1]]:
-                heappop(heap)
+    @staticmethod
+    def _place(group: _Class, weight: int) -> int:
+        k = group.place.get(weight)
+        if k is None:
+            k = group.place[weight] = len(group.heaps)
+            group.heaps.append([])
+            group.keys.append(_NONE)
+            group.slopes.append(weight * _SCALE)
+            group.live.append(0)
+        return k
+
+    def _lead(self, group: _Class, k: int) -> None:
+        """Drop stale entries off place ``k``'s heap top and record its leader's key."""
+        heap, stamp = group.heaps[k], self._stamp
+        while heap and heap[0][2] != stamp[heap[0][1]]:
+            heappop(heap)
+        if heap:
             negated, pos, _ = heap[0]
-            value = weight * ticks - negated
-            if best_pos < 0 or value > best_value or (value == best_value and pos < best_pos):
-                best_pos, best_value = pos, value
-        return best_pos
+            group.keys[k] = -negated * _SCALE + _LAST - pos
+        else:
+            group.keys[k] = _NONE
+
+    @staticmethod
+    def _top(group: _Class) -> int:
+        """The member with the largest current weight, the first in order on a tie: one
+        C-level max over the leaders of the class's distinct weights."""
+        best: int = max(map(add, group.keys, map(mul, group.slopes, repeat(group.ticks))))
+        return _LAST - best % _SCALE
 
     def _move(self, pos: int, conns: int, current: int) -> None:
         """Set ``pos``'s count and current weight, moving it to the class of its new ratio."""
         weight = self._weight[pos]
-        old = self._classes[self._ratio[pos]]
+        classes = self._classes
+        old = classes[self._ratio[pos]]
+        stamp = self._stamp
+        stamp[pos] += 1
         old.size -= 1
-        old.total -= weight
-        old.live[weight] -= 1
-        if not old.size:
-            del self._classes[self._ratio[pos]]
-        elif not old.live[weight]:
-            del old.live[weight], old.heaps[weight]
-        self._stamp[pos] += 1
+        if old.size:
+            old.total -= weight
+            k = old.place[weight]
+            old.live[k] -= 1
+            self._lead(old, k)
+        else:  # emptied: reset it for reuse while its ratio stays in the heap
+            old.ticks = old.total = 0
+            old.place, old.heaps, old.keys, old.slopes, old.live = {}, [], [], [], []
         self._conns[pos] = conns
         ratio = self._ratio[pos] = conns * self._unit[pos]
-        group = self._classes.get(ratio)
+        group = classes.get(ratio)
         if group is None:
-            group = self._classes[ratio] = _Class()
+            group = classes[ratio] = _Class()
             heappush(self._ratios, ratio)
         group.size += 1
         group.total += weight
-        group.live[weight] = group.live.get(weight, 0) + 1
-        self._base[pos] = current - weight * group.ticks
-        heap = group.heaps.setdefault(weight, [])
-        heappush(heap, (-self._base[pos], pos, self._stamp[pos]))
-        if len(heap) > 2 * group.live[weight] + 16:
+        place = group.place.get(weight)
+        k = self._place(group, weight) if place is None else place
+        group.live[k] += 1
+        base = self._base[pos] = current - weight * group.ticks
+        heap = group.heaps[k]
+        heappush(heap, (-base, pos, stamp[pos]))
+        if heap[0][1] == pos:
+            group.keys[k] = base * _SCALE + _LAST - pos
+        if len(heap) > 2 * group.live[k] + 16:
             # drop stale entries now and then, so a class that lives long stays small
-            stamp = self._stamp
             heap[:] = [e for e in heap if e[2] == stamp[e[1]]]
             heapify(heap)
 
