@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from lbalgo import Backend, BackendGroup, LocalLedger, WeightedLeastConnections
 from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo.scheduler import RAMP_STEPS
-from nginx_models import NginxPeer, NginxPeers
+from lbalgo.testing.nginx import NginxPeer, NginxPeers
 
 _WEIGHTS = st.sampled_from([1, 1, 2, 3, 5, 7, 100])
 _NOW = 0  # no suspensions in the model: the scheduler keeps suspended peers out of the set

@@ -1,5 +1,5 @@
 """Recordings of a real nginx, replayed pick for pick through the plain models of its C code
-(tests/nginx_models.py) and through ``load_upstream(...).scheduler()``.
+(lbalgo.testing.nginx) and through ``load_upstream(...).scheduler()``.
 
 Each test starts loopback backends and a single-process nginx (``worker_processes 1``, one try
 per request, ``$upstream_addr`` and nginx's clock in response headers), drives it, and records
@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from lbalgo.nginx import load_upstream
+from lbalgo.testing.nginx import NginxPeer, NginxPeers
 from nginx_harness import (
     Attempt,
     HeldRequest,
@@ -26,7 +27,6 @@ from nginx_harness import (
     nginx_proxy,
     require_nginx,
 )
-from nginx_models import NginxPeer, NginxPeers
 
 pytestmark = pytest.mark.nginx
 

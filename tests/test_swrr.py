@@ -39,7 +39,7 @@ from lbalgo import (
 from lbalgo.bench import swrr as swrr_bench
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups
-from nginx_models import NginxPeer, NginxPeers
+from lbalgo.testing.nginx import NginxPeer, NginxPeers
 from threads import run_threads
 
 
@@ -470,7 +470,7 @@ def test_ramp_starts_exactly_where_nginx_stands() -> None:
 
 def test_passive_health_suspension_is_skipped_like_down() -> None:
     # nginx skips a failed peer like a down one, and lowers its effective weight: compared
-    # with the plain model of nginx's C code (tests/nginx_models.py)
+    # with the plain model of nginx's C code (lbalgo.testing.nginx)
     clock = FakeClock()
     sched = SmoothWeightedRoundRobin(
         named_group([3, 2, 1]), max_fails=1, fail_timeout=10.0, clock=clock
@@ -653,7 +653,10 @@ def test_update_keeps_current_weights_of_survivors() -> None:
 
 @pytest.mark.usefixtures("frozen_heap")
 def test_benchmark_smoke() -> None:
-    pick_table, change_table = swrr_bench.run(quick=True)
+    whole, pick_table, change_table = swrr_bench.run(quick=True)
+    assert [row[0] for row in whole.rows] == list(swrr_bench.REQUEST_QUICK_SIZES)
+    for row in whole.rows:
+        assert all(isinstance(cell, float) and cell > 0 for cell in row[1:4])
     assert [row[0] for row in pick_table.rows] == list(swrr_bench.QUICK_SIZES)
     assert len(change_table.rows) == 3 * len(swrr_bench.QUICK_SIZES)
     for row in pick_table.rows:

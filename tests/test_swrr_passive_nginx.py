@@ -1,5 +1,5 @@
 """SmoothWeightedRoundRobin with max_fails against the plain model of nginx's round robin
-(tests/nginx_models.py): failures, suspensions, checks, trials and the effective weight that
+(lbalgo.testing.nginx): failures, suspensions, checks, trials and the effective weight that
 climbs back one pick at a time, pick for pick, on nginx's whole-second clock."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from fakes import FakeClock
 from lbalgo import Backend, BackendGroup, Lease, SmoothWeightedRoundRobin
-from nginx_models import NginxPeer, NginxPeers
+from lbalgo.testing.nginx import NginxPeer, NginxPeers
 
 
 class PassiveMachine(RuleBasedStateMachine):

@@ -28,9 +28,9 @@ from heapq import heapify, heappop, heappush
 from itertools import repeat
 from operator import add, mul
 
+from lbalgo._slowstart import RAMP_STEPS
 from lbalgo.backend import MAX_BACKENDS
 from lbalgo.ledger import checked_eligible
-from lbalgo.scheduler import RAMP_STEPS
 
 __all__ = ["NginxLeastConnLedger"]
 

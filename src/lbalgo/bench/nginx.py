@@ -21,8 +21,8 @@ from lbalgo.bench._core import (
     pick_release_ns,
     sample_group,
 )
-from lbalgo.bench.wlc import ScanLeastConnections
 from lbalgo.swrr import SmoothWeightedRoundRobin
+from lbalgo.testing.reference import ScanLeastConnections
 from lbalgo.wlc import WeightedLeastConnections
 
 __all__ = ["run"]

@@ -1,4 +1,4 @@
-"""Plain reference models of nginx's peer selection, line for line from its C sources (1.22).
+"""Plain models of nginx's peer selection, line for line from its C sources (1.22).
 
 - :meth:`NginxPeers.get_round_robin_peer` is ``ngx_http_upstream_get_round_robin_peer`` with
   ``ngx_http_upstream_get_peer`` (smooth weighted round robin over ``effective_weight``,
@@ -9,9 +9,19 @@
   ``conns / weight``, ties by smooth round robin over the tied peers only).
 
 O(n) a call, as in nginx: these are the specification the fast schedulers are tested against,
-and they are checked against a real nginx themselves (tests/test_nginx_recordings.py). ``now``
-is nginx's cached clock, whole seconds (``ngx_time()``); ``tried`` the peers this request
-already tried (nginx's ``rrp->tried`` bitmap). No backup peers, no ``max_conns``.
+and they are checked against a real nginx themselves (lbalgo's ``tests/test_nginx_recordings.py``
+replays recordings of nginx 1.22 through them). ``now`` is nginx's cached clock, whole
+seconds (``ngx_time()``); ``tried`` the peers this request already tried (nginx's
+``rrp->tried`` bitmap). No backup peers, no ``max_conns``.
+
+>>> peers = NginxPeers([NginxPeer(5), NginxPeer(1), NginxPeer(1)])
+>>> picks = []
+>>> for _ in range(7):
+...     i = peers.get_round_robin_peer(now=0)
+...     picks.append("abc"[i])
+...     peers.free_peer(i, now=0, failed=False)
+>>> "".join(picks)
+'aabacaa'
 """
 
 from __future__ import annotations

@@ -1,0 +1,59 @@
+"""The runtime state of one backend inside one scheduler (private, mutable)."""
+
+from __future__ import annotations
+
+import math
+
+from lbalgo._counter import Tally
+from lbalgo._slowstart import RAMP_STEPS
+from lbalgo.backend import Backend
+
+__all__ = ["Slot"]
+
+
+class Slot(Tally):
+    """Runtime state of one backend key inside one scheduler: its counts (a
+    :class:`~lbalgo._counter.Tally`), health mark, slow-start ramp and passive-health state.
+
+    ``live`` turns ``False`` when an update removes the key, so a lease that outlives its
+    backend is released nowhere. O(1) memory until a failure is reported.
+    """
+
+    __slots__ = (
+        "accessed",
+        "backend",
+        "checked",
+        "fails",
+        "failures",
+        "key",
+        "live",
+        "notify",
+        "ramp_id",
+        "ramp_start",
+        "ramp_step",
+        "suspended_until",
+        "up",
+        "weight",
+    )
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self.backend = backend
+        self.key = backend.key
+        self.weight = backend.weight
+        self.up = True
+        self.live = True
+        self.failures = 0
+        # passive health, nginx's fields: failures not yet cleared, the last failure's time,
+        # the last check; suspended_until: -inf, or when it may be picked again
+        self.fails = 0
+        self.accessed = -math.inf
+        self.checked = -math.inf
+        self.suspended_until = -math.inf
+        self.notify = False  # a release must reach the scheduler (it has failures to clear)
+        self.ramp_start: float | None = None
+        self.ramp_step = RAMP_STEPS
+        self.ramp_id = 0
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.key} up={self.up} open={self.open}>"
