@@ -45,13 +45,10 @@ class BaseScheduler(ABC):
     ``mark_up`` or passes its passive-health trial ramps linearly to its full weight (0
     disables it), in :data:`~lbalgo.scheduler.RAMP_STEPS` equal steps from ``1 / RAMP_STEPS``
     of it, whatever the weight. Never at construction, never while no other backend serves.
-    ``max_fails`` / ``fail_timeout``: passive health with nginx's exact rule (see
-    :mod:`lbalgo._passive`; ``max_fails=0`` disables it): each failure counts and is a
-    check, as is the first pick more than ``fail_timeout`` after the last check; a success
-    after a check clears the failures; ``max_fails`` uncleared failures put a backend out
-    until more than ``fail_timeout`` after the last one; then ONE trial request goes to it;
-    its success clears the failures, any failure puts it out again. The only backend of a
-    group is never suspended (as in nginx).
+    ``max_fails`` / ``fail_timeout``: passive health with nginx's exact rule (``max_fails=0``
+    disables it; see :mod:`lbalgo._passive`): ``max_fails`` failures not cleared by a success
+    after a check put a backend out until more than ``fail_timeout`` after the last one, then
+    ONE trial request goes to it. The only backend of a group is never suspended (as nginx).
     ``clock``: the time source, injectable for tests; read once per call that needs it.
 
     Complexity: ``release`` and a lease's exit O(1) without a lock (plus the algorithm's
@@ -443,10 +440,9 @@ class BaseScheduler(ABC):
                     self._next_event = min(self._next_event, passive.next_lift)
                     self._changed(slot)
         elif passive is not None and slot.live and slot.fails:
-            out = slot.suspended_until != -math.inf
+            out = slot.suspended_until != -math.inf  # a trial's success: back, but cold
             if passive.success(slot):
                 if out:
-                    # the trial succeeded: the backend is back, cold, like one marked up
                     self._start_ramp((slot,))
                 self._changed(slot)
         if self._hooked:
