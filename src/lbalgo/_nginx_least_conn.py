@@ -327,15 +327,12 @@ class NginxLeastConnLedger:
         old = classes[self._ratio[pos]]
         stamp = self._stamp
         stamp[pos] += 1
+        # an emptied class stays, places and all, for reuse while its ratio is in the heap
         old.size -= 1
-        if old.size:
-            old.total -= weight
-            k = old.place[weight]
-            old.live[k] -= 1
-            self._lead(old, k)
-        else:  # emptied: reset it for reuse while its ratio stays in the heap
-            old.ticks = old.total = 0
-            old.place, old.heaps, old.keys, old.slopes, old.live = {}, [], [], [], []
+        old.total -= weight
+        k = old.place[weight]
+        old.live[k] -= 1
+        self._lead(old, k)
         self._conns[pos] = conns
         ratio = self._ratio[pos] = conns * self._unit[pos]
         group = classes.get(ratio)
