@@ -14,7 +14,7 @@ from lbalgo import Backend, BackendGroup, InvalidGroupError, Lease, NoBackendAva
 from lbalgo._base import BaseScheduler
 from lbalgo._slot import Slot
 from lbalgo.scheduler import Client
-from threads import run_threads
+from support.threads import run_threads
 
 
 class FirstEligible(BaseScheduler):

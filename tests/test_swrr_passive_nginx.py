@@ -7,9 +7,9 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fakes import FakeClock
 from lbalgo import Backend, BackendGroup, Lease, SmoothWeightedRoundRobin
 from lbalgo.testing.nginx import NginxPeer, NginxPeers
+from support.clocks import FakeClock
 
 
 class PassiveMachine(RuleBasedStateMachine):

@@ -24,7 +24,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 from operator import length_hint
 
-from lbalgo._counter import ORIGIN
 from lbalgo._options import check_options, normalize_exclude
 from lbalgo._passive import PassiveHealth
 from lbalgo._slot import Slot
@@ -81,8 +80,11 @@ class BaseScheduler(ABC):
         # only timed features read the clock, so the common configuration never pays for it
         self._timed = slow_start > 0 or max_fails > 0
         self._group = group
-        self._slots: dict[str, Slot] = {b.key: Slot(b) for b in group}
+        self._slots: dict[str, Slot] = {b.key: Slot(b, self._hooked) for b in group}
         self._order: tuple[Slot, ...] = tuple(self._slots.values())
+        # id of each current Backend object -> its slot: a release finds the slot of the
+        # very object its pick returned without reading the key (a property) or hashing
+        self._by_id = {id(slot.backend): slot for slot in self._order}
         # earliest clock value at which a ramp steps or a suspension lifts (inf: none)
         self._next_event = math.inf
         # bound once: every lease calls it, and a bound method is an allocation
@@ -146,19 +148,15 @@ class BaseScheduler(ABC):
         counts releases itself. ``TypeError`` naming the value if ``backend`` is not a
         ``Backend`` or ``failed`` not a ``bool``, with nothing counted.
         """
-        if type(backend) is not Backend or failed is not False:
+        # the backend a pick returned, found by identity: no key property, no type check
+        slot = self._by_id.get(id(backend))
+        if slot is None or slot.backend is not backend or failed is not False:
             self._release_checked(backend, failed)
             return
-        slot = self._slots.get(backend.key)
-        if slot is None:
+        # Tally.end inlined: end number n is within the open count if n + picks' hint < limit
+        if next(slot.ends) + length_hint(slot.picks) >= slot.limit and not slot.void_excess():
             return
-        # Tally.end inlined: end number n is within the open count if n - voids < picks
-        if (
-            next(slot.ends) + length_hint(slot.voids) - ORIGIN >= ORIGIN - length_hint(slot.picks)
-            and not slot.void_excess()
-        ):
-            return
-        if slot.notify or self._hooked:
+        if slot.notify:
             with self._lock:
                 self._after_release(slot, False)
 
@@ -221,7 +219,7 @@ class BaseScheduler(ABC):
             for backend in group:
                 slot = old.get(backend.key)
                 if slot is None:
-                    slot = Slot(backend)
+                    slot = Slot(backend, self._hooked)
                     added.append(slot)
                 else:
                     slot.backend = backend
@@ -235,6 +233,7 @@ class BaseScheduler(ABC):
             self._group = group
             self._slots = slots
             self._order = tuple(slots.values())
+            self._by_id = {id(slot.backend): slot for slot in self._order}
             if added:
                 self._start_ramp(added)
             if len(self._order) == 1 and self._passive is not None:
@@ -410,15 +409,22 @@ class BaseScheduler(ABC):
             self._finish(slot, failed)
 
     def _finish_lease(self, token: object, failed: bool) -> None:
-        assert isinstance(token, Slot)
+        slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots
         # a lease outliving its backend's removal (or a re-added key) counts nowhere
-        if token.live:
-            self._finish(token, failed)
+        if not slot.live:
+            return
+        if failed:
+            self._finish(slot, True)
+        elif (
+            next(slot.ends) + length_hint(slot.picks) < slot.limit or slot.void_excess()
+        ) and slot.notify:
+            with self._lock:
+                self._after_release(slot, False)
 
     def _finish(self, slot: Slot, failed: bool) -> None:
         """One release of ``slot``: lock-free unless something must hear of it."""
         if not failed:
-            if slot.end() and (slot.notify or self._hooked):
+            if slot.end() and slot.notify:
                 with self._lock:
                     self._after_release(slot, False)
             return
@@ -439,11 +445,15 @@ class BaseScheduler(ABC):
                 if passive.failure(slot, now):
                     self._next_event = min(self._next_event, passive.next_lift)
                     self._changed(slot)
+                elif slot.fails == 1:
+                    self._changed(slot)  # its picks must be seen now: one will be a check
         elif passive is not None and slot.live and slot.fails:
             out = slot.suspended_until != -math.inf  # a trial's success: back, but cold
             if passive.success(slot):
                 if out:
                     self._start_ramp((slot,))
                 self._changed(slot)
+        # while failures wait to be cleared, releases (and picks) must reach passive health
+        slot.notify = self._hooked or slot.fails > 0
         if self._hooked:
             self._released(slot)

@@ -15,32 +15,32 @@ scheduler fed nginx's clock follows a real nginx failure for failure:
   failures. So failures add up while no success after a check comes between them, however
   far apart they are.
 
-:class:`PassiveHealth` keeps, in a heap, when each suspension lifts, so a failure, a lift or a
-trial costs O(log n) and tells the scheduler which one backend changed. A backend's own state
-lives on its state object (:class:`Watched`) and is touched only once a failure is reported:
-a backend nobody reported a failure of costs nothing here, on any path.
+:class:`PassiveHealth` keeps, in a lazy heap, when each suspension lifts, so a failure, a
+lift or a trial costs O(log n) and tells the scheduler which one backend changed. A
+backend's own state lives on its state object (:class:`Watched`) and is touched only once a
+failure is reported: a backend nobody reported a failure of costs nothing here, on any path.
 """
 
 from __future__ import annotations
 
 import math
-from heapq import heappop, heappush
 from typing import Protocol
+
+from lbalgo._lazyheap import LazyHeap
 
 __all__ = ["PassiveHealth", "Watched"]
 
 
 class Watched(Protocol):
     """What passive health keeps on a backend's state: nginx's ``fails``, ``accessed`` (the
-    last failure) and ``checked`` (the last check), the end of its suspension (``-inf``:
-    healthy; a past time: its next pick is its trial), and whether a release must be
-    reported (``notify``: it has failures a success may clear)."""
+    last failure) and ``checked`` (the last check), and the end of its suspension (``-inf``:
+    healthy; a past time: its next pick is its trial). While ``fails`` is above 0 the
+    scheduler must hear of its picks and releases."""
 
     fails: int
     accessed: float
     checked: float
     suspended_until: float
-    notify: bool
 
 
 class PassiveHealth:
@@ -50,8 +50,7 @@ class PassiveHealth:
     that backend. ``next_lift`` is the earliest time a suspension lifts.
 
     >>> class State:
-    ...     fails, accessed, checked = 0, -math.inf, -math.inf
-    ...     suspended_until, notify = -math.inf, False
+    ...     fails, accessed, checked, suspended_until = 0, -math.inf, -math.inf, -math.inf
     >>> health, state = PassiveHealth(max_fails=2, fail_timeout=10.0), State()
     >>> health.failure(state, 0.0), health.failure(state, 1.0), health.suspended(state, 11.0)
     (False, True, True)
@@ -63,14 +62,17 @@ class PassiveHealth:
     (True, -inf, 0)
     """
 
-    __slots__ = ("_heap", "_seq", "fail_timeout", "max_fails", "next_lift")
+    __slots__ = ("_lifts", "fail_timeout", "max_fails")
 
     def __init__(self, max_fails: int, fail_timeout: float) -> None:
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout
-        self._heap: list[tuple[float, int, Watched]] = []
-        self._seq = 0  # breaks ties between equal lift times without comparing states
-        self.next_lift = math.inf
+        self._lifts: LazyHeap[Watched] = LazyHeap()
+
+    @property
+    def next_lift(self) -> float:
+        """When the next suspension lifts (``inf``: none)."""
+        return self._lifts.next_time
 
     @staticmethod
     def suspended(state: Watched, now: float) -> bool:
@@ -82,7 +84,6 @@ class PassiveHealth:
         out longer). O(log n)."""
         state.fails += 1
         state.accessed = state.checked = now
-        state.notify = True  # a success after a later check will clear it
         if state.fails < self.max_fails:
             return False
         self._suspend(state)
@@ -102,30 +103,22 @@ class PassiveHealth:
 
     def success(self, state: Watched) -> bool:
         """A release without failure; ``True`` if it cleared the failures (a check came
-        after the last failure). O(1)."""
+        after the last failure). O(log n)."""
         if not state.fails or state.accessed >= state.checked:
             return False
         self.clear(state)
         return True
 
-    @staticmethod
-    def clear(state: Watched) -> None:
-        """Forget every failure of ``state`` (cleared, or it is alone). O(1)."""
+    def clear(self, state: Watched) -> None:
+        """Forget every failure of ``state`` (cleared, or it is alone). O(log n)."""
         state.fails = 0
-        state.notify = False
         state.suspended_until = -math.inf
+        self._lifts.discard(state)
 
     def lifted(self, now: float) -> list[Watched]:
         """The backends whose suspension ended by ``now`` (each may now take its trial),
         O(log n) each."""
-        out = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            until, _, state = heappop(heap)
-            if state.suspended_until == until:
-                out.append(state)
-        self.next_lift = heap[0][0] if heap else math.inf
-        return out
+        return self._lifts.due(now)
 
     def _due(self, state: Watched) -> float:
         # nginx compares whole seconds with now - checked > fail_timeout: the first instant
@@ -133,16 +126,9 @@ class PassiveHealth:
         return math.nextafter(state.checked + self.fail_timeout, math.inf)
 
     def _suspend(self, state: Watched) -> None:
-        until = state.suspended_until = self._due(state)
-        self._seq += 1
-        heappush(self._heap, (until, self._seq, state))
-        if until < self.next_lift:
-            self.next_lift = until
+        state.suspended_until = self._due(state)
+        self._lifts.push(state.suspended_until, state)
 
     def _check(self) -> None:
-        """Assert the invariant: every suspension still in force has its heap entry."""
-        pending = {id(s) for until, _, s in self._heap if s.suspended_until == until}
-        for until, _, state in self._heap:
-            assert state.suspended_until <= until or id(state) in pending
-            assert state.notify == (state.fails > 0)
-        assert self.next_lift <= (self._heap[0][0] if self._heap else math.inf)
+        """Assert the invariant of the heap of lifts."""
+        self._lifts._check()

@@ -28,7 +28,6 @@ class Slot(Tally):
         "key",
         "live",
         "notify",
-        "ramp_id",
         "ramp_start",
         "ramp_step",
         "suspended_until",
@@ -36,7 +35,7 @@ class Slot(Tally):
         "weight",
     )
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, notify: bool = False) -> None:
         super().__init__()
         self.backend = backend
         self.key = backend.key
@@ -50,10 +49,11 @@ class Slot(Tally):
         self.accessed = -math.inf
         self.checked = -math.inf
         self.suspended_until = -math.inf
-        self.notify = False  # a release must reach the scheduler (it has failures to clear)
+        # a release must reach the scheduler under its lock: the algorithm counts releases
+        # itself, or passive health has failures a success may clear
+        self.notify = notify
         self.ramp_start: float | None = None
         self.ramp_step = RAMP_STEPS
-        self.ramp_id = 0
 
     def __repr__(self) -> str:
         return f"<Slot {self.key} up={self.up} open={self.open}>"

@@ -222,6 +222,20 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             self._scale = 1
         self._start_epoch()
 
+    def _check(self) -> None:
+        """Assert the invariants of the shared state and of the rotation: every slot has a
+        current weight; an epoch covers eligible slots at their weights, and a proven cycle
+        gives each exactly its weight (see ``Epoch._check``)."""
+        super()._check()
+        assert set(self._current) == set(self._order)
+        assert self._scale in (1, RAMP_STEPS)
+        epoch = self._epoch
+        if epoch is not None:
+            now = self._now()
+            assert all(slot.live and self._eligible(slot, now) for slot in epoch.slots)
+            assert epoch.weights == tuple(slot.weight for slot in epoch.slots)
+            epoch._check()
+
     # -- internals ---------------------------------------------------------------------------
 
     def _fold(self) -> None:
