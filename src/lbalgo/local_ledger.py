@@ -215,7 +215,25 @@ class LocalLedger(WF2QSchedule):
                     pos = heappop(busy)[2]
                 else:
                     return None
-        self._advance(pos)
+        # _advance(pos), written out: this is the hot path of every pick
+        u = self._unit[pos]
+        self._load[pos] += 1
+        nvt = vt + self._step
+        if self._frac:
+            rem = self._rem + self._frac
+            if rem >= self._total:
+                rem -= self._total
+                nvt += 1
+            self._rem = rem
+        self._vt = nvt
+        s = self._start[pos] + u
+        if s < vt:
+            s = vt
+        elif s > nvt + u:
+            s = nvt + u
+        self._start[pos] = s
+        self._state[pos] = PENDING
+        self._pending = pos
         return self._keys[pos]
 
     def take(self, key: str) -> None:
