@@ -331,8 +331,7 @@ class BaseScheduler(ABC):
             return slot
 
     def _count_pick(self, slot: Slot, now: float) -> None:
-        """Count a pick of ``slot`` (under the lock); for a backend with failures it may be
-        nginx's check, and for one whose suspension ran out its one trial."""
+        """Count a pick of ``slot`` (under the lock): maybe nginx's check, or a trial."""
         next(slot.picks)
         if slot.fails and self._passive is not None and self._passive.picked(slot, now):
             self._next_event = min(self._next_event, self._passive.next_lift)
@@ -445,7 +444,6 @@ class BaseScheduler(ABC):
                 if out:
                     self._start_ramp((slot,))
                 self._changed(slot)
-        # while failures wait to be cleared, releases (and picks) must reach passive health
-        slot.notify = self._hooked or slot.fails > 0
+        slot.notify = self._hooked or slot.fails > 0  # failures: a success may clear them
         if self._hooked:
             self._released(slot)
