@@ -357,6 +357,7 @@ class BaseScheduler(ABC):
     def _check(self) -> None:
         """Assert the invariants of the shared state (the stateful tests call it)."""
         assert tuple(self._slots.values()) == self._order
+        assert self._by_id == {id(slot.backend): slot for slot in self._order}
         assert [s.key for s in self._order] == list(self._group.keys())
         for slot in self._order:
             slot._check()
