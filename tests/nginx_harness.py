@@ -22,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,6 +37,8 @@ import pytest
 
 __all__ = [
     "MAX_REQUESTS",
+    "Attempt",
+    "HeldRequest",
     "LoopbackBackend",
     "NginxHarness",
     "NginxProxy",
@@ -77,16 +81,30 @@ def require_nginx() -> str:
 
 
 class LoopbackBackend:
-    """One HTTP server on 127.0.0.1 answering every request with its ``ident``."""
+    """One HTTP server on 127.0.0.1 answering every request with its ``ident``.
+
+    ``stop()`` closes its port (nginx then gets "connection refused", a failed try) and
+    ``restart()`` listens on the same port again. With ``hold(arrivals)`` each request is
+    announced on ``arrivals`` as a :class:`HeldRequest` and answered only once released,
+    so a test decides when each connection ends.
+    """
 
     def __init__(self, ident: str) -> None:
         self.ident = ident
+        self._arrivals: queue.Queue[HeldRequest] | None = None
         answer = ident.encode()
+        backend = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                arrivals = backend._arrivals
+                if arrivals is not None:
+                    held = HeldRequest(backend.ident, self.path, threading.Event())
+                    arrivals.put(held)
+                    if not held.released.wait(_REQUEST_TIMEOUT):
+                        return  # never released: the test failed; close without an answer
                 self.send_response(200)
                 self.send_header(_BACKEND_HEADER, ident)
                 self.send_header("Content-Length", str(len(answer)))
@@ -97,29 +115,61 @@ class LoopbackBackend:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet: thousands of requests per test
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._handler = Handler
+        self.port = 0
+        self._serve()
+
+    def _serve(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
         self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
+        self.port = self._server.server_address[1]
         # a short poll interval: shutdown() waits for it, once per backend at teardown
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.02},
-            name=f"backend-{ident}",
+            name=f"backend-{self.ident}",
             daemon=True,
         )
+        self.running = False
 
     @property
     def address(self) -> str:
         """``127.0.0.1:PORT``, as written in an nginx ``server`` line."""
         return f"127.0.0.1:{self.port}"
 
+    def hold(self, arrivals: queue.Queue[HeldRequest] | None) -> None:
+        """Hold every request until released, announcing it on ``arrivals`` (None: answer at
+        once again)."""
+        self._arrivals = arrivals
+
     def start(self) -> None:
         self._thread.start()
+        self.running = True
 
     def stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def restart(self) -> None:
+        """Listen again on the same port after ``stop()`` (the listening socket reuses the
+        address, so connections left in TIME_WAIT do not block it)."""
+        if self.running:
+            raise RuntimeError(f"backend {self.ident} is running")
+        self._serve()
+        self.start()
+
+
+@dataclass
+class HeldRequest:
+    """A request a holding backend received: which backend, its path, and its release."""
+
+    backend: str
+    path: str
+    released: threading.Event
 
 
 @contextlib.contextmanager
@@ -156,6 +206,33 @@ def upstream_servers(
             line += " down"
         lines.append(line + ";")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try nginx made: the HTTP status, the peer (``$upstream_addr``), the backend id
+    that answered (None for a 502) and when the request started in nginx's milliseconds."""
+
+    status: int
+    upstream: str
+    backend: str | None
+    start_ms: int
+
+    @property
+    def second(self) -> int:
+        """nginx's ``ngx_time()`` when it chose the peer (the request's start second)."""
+        return self.start_ms // 1000
+
+    @classmethod
+    def from_headers(cls, status: int, header: Callable[[str], str | None]) -> Attempt:
+        upstream = header("X-Upstream-Addr")
+        clock = header("X-Lbalgo-Clock")
+        if not upstream or not clock:
+            raise RuntimeError(f"nginx answered {status} without its upstream/clock headers")
+        msec, request_time = clock.split()
+        # both are cached-clock readings printed with exactly 3 decimals: exact in integers
+        start_ms = int(msec.replace(".", "")) - int(request_time.replace(".", ""))
+        return cls(status, upstream, header(_BACKEND_HEADER), start_ms)
 
 
 def _free_port() -> int:
@@ -195,6 +272,9 @@ http {{
             proxy_next_upstream off;
             proxy_connect_timeout 5s;
             proxy_read_timeout 10s;
+            # which peer was tried, and when the request started on nginx's own clock
+            add_header X-Upstream-Addr $upstream_addr always;
+            add_header X-Lbalgo-Clock "$msec $request_time" always;
         }}
     }}
 }}
@@ -293,6 +373,51 @@ class NginxProxy:
                 )
             return ident
         raise AssertionError("unreachable")
+
+    def attempt(self, path: str = "/") -> Attempt:
+        """Send one GET through nginx and report its one try, whatever the status (a 502
+        from a stopped backend included): nginx's peer and clock come from its headers."""
+        for retry in range(2):
+            if self._connection is None:
+                self._connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=_REQUEST_TIMEOUT
+                )
+            try:
+                self._connection.request("GET", path)
+                response = self._connection.getresponse()
+                response.read()
+            except (http.client.HTTPException, ConnectionError):
+                self._connection.close()
+                self._connection = None
+                if retry:
+                    raise
+                continue
+            return Attempt.from_headers(response.status, response.getheader)
+        raise AssertionError("unreachable")
+
+    def send(self, path: str) -> socket.socket:
+        """Start one GET on a connection of its own without reading the answer (for
+        requests a holding backend keeps open); ``finish`` reads it."""
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=_REQUEST_TIMEOUT)
+        client.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: lbalgo\r\nConnection: close\r\n\r\n".encode()
+        )
+        return client
+
+    def finish(self, client: socket.socket) -> Attempt:
+        """Read the whole answer of a request started by ``send`` (nginx closes after it, so
+        by then it has freed the peer) and close the connection."""
+        with client:
+            chunks = []
+            while chunk := client.recv(65536):
+                chunks.append(chunk)
+        head = b"".join(chunks).split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        fields = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        return Attempt.from_headers(status, lambda name: fields.get(name.lower()))
 
     def answers(self, count: int, headers: Mapping[str, str] | None = None) -> list[str]:
         """Send ``count`` requests one after another (each ends before the next starts)."""

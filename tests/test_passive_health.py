@@ -45,16 +45,22 @@ def test_max_fails_within_fail_timeout_suspends(
         on(sched, key)
 
 
-def test_failures_outside_the_window_do_not_add_up(
+def test_a_success_after_a_check_clears_failures(
     any_cls: type[BaseScheduler], clock: FakeClock
 ) -> None:
+    # nginx's rule: the first pick more than fail_timeout after the last failure is a check,
+    # and a success after it clears the failures; without one they keep adding up
     sched = passive(any_cls, clock)
     key = sched.group.backends[0].key
     on(sched, key).fail()
-    clock.now += TIMEOUT
+    clock.now += TIMEOUT + 1
+    on(sched, key).release()  # a check, and a success: the failure is forgotten
     on(sched, key).fail()
     assert sched.stats()[key].available
     assert sched.stats()[key].failures == 2
+    clock.now += 10 * TIMEOUT  # however long ago, an uncleared failure still counts
+    on(sched, key).fail()
+    assert not sched.stats()[key].available
 
 
 def test_successes_in_between_do_not_erase_failures(
@@ -76,8 +82,8 @@ def test_one_trial_after_fail_timeout_then_success_clears(
     key = sched.group.backends[0].key
     on(sched, key).fail()
     on(sched, key).fail()
-    clock.now += TIMEOUT - 0.5
-    assert count_picks(sched, key, 60) == 0
+    clock.now += TIMEOUT
+    assert count_picks(sched, key, 60) == 0  # out while now - last failure <= fail_timeout
     clock.now += 0.5
     assert sched.stats()[key].available
     # the trial: exactly one request while its outcome is awaited
@@ -99,14 +105,14 @@ def test_failed_trial_suspends_again(any_cls: type[BaseScheduler], clock: FakeCl
     key = sched.group.backends[0].key
     on(sched, key).fail()
     on(sched, key).fail()
-    clock.now += TIMEOUT
+    clock.now += TIMEOUT + 1
     on(sched, key).fail()  # the trial fails: one failure is enough now
     assert not sched.stats()[key].available
-    clock.now += TIMEOUT - 1
+    clock.now += TIMEOUT
     assert count_picks(sched, key, 60) == 0
     clock.now += 1
     trial = on(sched, key)  # a new trial after another fail_timeout
-    clock.now += TIMEOUT
+    clock.now += TIMEOUT + 1
     # the trial never answered: after fail_timeout yet another one is allowed
     second = on(sched, key)
     second.release()
@@ -123,7 +129,7 @@ def test_independent_of_mark_down(any_cls: type[BaseScheduler], clock: FakeClock
     sched.mark_up(key)  # the health checker cannot lift a passive suspension
     assert not sched.stats()[key].available
     sched.mark_down(key)
-    clock.now += TIMEOUT  # nor can the end of a suspension lift a mark_down
+    clock.now += TIMEOUT + 1  # nor can the end of a suspension lift a mark_down
     assert not sched.stats()[key].available
     assert count_picks(sched, key, 60) == 0
     sched.mark_up(key)
@@ -176,7 +182,7 @@ def test_all_suspended_is_no_backend(any_cls: type[BaseScheduler], clock: FakeCl
         on(sched, backend.key).fail()
     with pytest.raises(NoBackendAvailable, match="suspended by passive health"):
         sched.pick(client(1))
-    clock.now += TIMEOUT
+    clock.now += TIMEOUT + 1
     assert sched.pick(client(1)).key in sched.group
 
 
@@ -190,7 +196,7 @@ def test_trial_success_ramps_with_slow_start(ramped: type[BaseScheduler], clock:
     )
     key = sched.group.backends[0].key
     on(sched, key).fail()
-    clock.now += TIMEOUT
+    clock.now += TIMEOUT + 1
     on(sched, key).release()  # the trial succeeds: the backend is back, but cold
     assert weight_now(sched, key) <= 2
     clock.now += SLOW

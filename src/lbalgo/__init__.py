@@ -7,6 +7,7 @@ from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
+from lbalgo.nginx import Upstream, load_upstream
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler
@@ -35,8 +36,10 @@ __all__ = [
     "SmoothWeightedRoundRobin",
     "SourceIPHash",
     "StickySessions",
+    "Upstream",
     "WeightedLeastConnections",
     "attempts",
+    "load_upstream",
 ]
 
 __version__ = "0.1.0.dev0"

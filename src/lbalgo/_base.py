@@ -35,11 +35,10 @@ class BaseScheduler(ABC):
     ``mark_up`` or passes its passive-health trial ramps linearly to its full weight (0
     disables it), in :data:`~lbalgo.scheduler.RAMP_STEPS` equal steps from ``1 / RAMP_STEPS``
     of it, whatever the weight. Never at construction, never while no other backend serves.
-    ``max_fails`` / ``fail_timeout``: passive health as nginx's options of the same names
-    (``max_fails=0`` disables it): ``max_fails`` failures within a sliding ``fail_timeout``
-    window suspend a backend for ``fail_timeout``; then ONE trial request goes to it; its
-    success clears the failures, any failure suspends it again. The only backend of a group
-    is never suspended (as in nginx).
+    ``max_fails`` / ``fail_timeout``: passive health with nginx's exact rule (``max_fails=0``
+    disables it; see :mod:`lbalgo._passive`): ``max_fails`` failures not cleared by a success
+    after a check put a backend out until more than ``fail_timeout`` after the last one, then
+    ONE trial request goes to it. The only backend of a group is never suspended (as nginx).
     ``clock``: the time source, injectable for tests; read once per call that needs it.
 
     Complexity: ``release`` and a lease's exit O(1) without a lock; ``mark_down``/``mark_up``
@@ -331,12 +330,9 @@ class BaseScheduler(ABC):
             return slot
 
     def _count_pick(self, slot: Slot, now: float) -> None:
-        """Count a pick of ``slot`` (under the lock); a backend whose suspension ran out
-        takes it as its one trial (nginx's rule)."""
+        """Count a pick of ``slot`` (under the lock): maybe nginx's check, or a trial."""
         next(slot.picks)
-        if slot.suspended_until != -math.inf and self._passive is not None:
-            self._passive.picked(slot, now)
-            slot.notify = True  # the trial's release decides
+        if slot.fails and self._passive is not None and self._passive.picked(slot, now):
             self._next_event = min(self._next_event, self._passive.next_lift)
             self._changed(slot)
 
@@ -440,10 +436,14 @@ class BaseScheduler(ABC):
                 if passive.failure(slot, now):
                     self._next_event = min(self._next_event, passive.next_lift)
                     self._changed(slot)
-        elif passive is not None and slot.live and passive.success(slot):
-            # the trial succeeded: the backend is back, cold, like one marked up again
-            self._start_ramp((slot,))
-            self._changed(slot)
-        slot.notify = self._hooked or slot.probation
+                elif slot.fails == 1:
+                    self._changed(slot)  # its picks must be seen now: one will be a check
+        elif passive is not None and slot.live and slot.fails:
+            out = slot.suspended_until != -math.inf  # a trial's success: back, but cold
+            if passive.success(slot):
+                if out:
+                    self._start_ramp((slot,))
+                self._changed(slot)
+        slot.notify = self._hooked or slot.fails > 0  # failures: a success may clear them
         if self._hooked:
             self._released(slot)

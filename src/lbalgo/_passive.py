@@ -1,17 +1,29 @@
-"""Passive health, as nginx's ``max_fails`` / ``fail_timeout``: failures reported by the
-proxy suspend a backend for a while, then one trial request decides whether it is back.
+"""Passive health, as nginx's ``max_fails`` / ``fail_timeout``, with nginx's exact rule:
+failures reported by the proxy put a backend out for a while, then one trial request decides
+whether it is back.
 
-:class:`PassiveHealth` keeps the rule and, in a lazy heap, when each suspension lifts, so
-a failure, a lift or a trial costs O(log n) and tells the scheduler which one backend changed.
-A backend's own passive state lives on the backend's state object (:class:`Watched`), and
-is touched only when a failure is reported: a backend nobody reported a failure of costs
-nothing here, on any path.
+The rule is nginx's code (``ngx_http_upstream_get_peer`` and
+``ngx_http_upstream_free_round_robin_peer``), not a paraphrase of its documentation, so a
+scheduler fed nginx's clock follows a real nginx failure for failure:
+
+- each failure counts (``fails``) and is a *check* (``accessed = checked = now``);
+- a backend with ``fails >= max_fails`` is out while ``now - checked <= fail_timeout``;
+- the first pick more than ``fail_timeout`` after the last check is a check too
+  (``checked = now``); for a backend that was out, it is its one trial, and it is out again
+  until more than ``fail_timeout`` later;
+- a success (a release without failure) after a check (``accessed < checked``) clears the
+  failures. So failures add up while no success after a check comes between them, however
+  far apart they are.
+
+:class:`PassiveHealth` keeps, in a lazy heap, when each suspension lifts, so a failure, a
+lift or a trial costs O(log n) and tells the scheduler which one backend changed. A
+backend's own state lives on its state object (:class:`Watched`) and is touched only once a
+failure is reported: a backend nobody reported a failure of costs nothing here, on any path.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Protocol
 
 from lbalgo._lazyheap import LazyHeap
@@ -20,35 +32,34 @@ __all__ = ["PassiveHealth", "Watched"]
 
 
 class Watched(Protocol):
-    """What passive health keeps on a backend's state: failure times inside the window
-    (``None`` until the first failure), the end of its suspension (``-inf``: healthy; a
-    past time: its next pick is its trial), and whether that trial is in flight (then the
-    scheduler must hear of its release)."""
+    """What passive health keeps on a backend's state: nginx's ``fails``, ``accessed`` (the
+    last failure) and ``checked`` (the last check), and the end of its suspension (``-inf``:
+    healthy; a past time: its next pick is its trial). While ``fails`` is above 0 the
+    scheduler must hear of its picks and releases."""
 
-    fail_times: deque[float] | None
+    fails: int
+    accessed: float
+    checked: float
     suspended_until: float
-    probation: bool
 
 
 class PassiveHealth:
-    """nginx's rule for one scheduler: ``max_fails`` failures within a sliding
-    ``fail_timeout`` window suspend a backend for ``fail_timeout``; then ONE trial request
-    goes to it; its success clears the failures, any failure suspends it again.
+    """nginx's rule for one scheduler (see the module docstring).
 
-    Methods return whether the backend's eligibility changed, so the scheduler updates
-    only that backend. ``next_lift`` is the earliest time a suspension lifts.
+    Methods return whether the backend's eligibility changed, so the scheduler updates only
+    that backend. ``next_lift`` is the earliest time a suspension lifts.
 
     >>> class State:
-    ...     fail_times, suspended_until, probation = None, -math.inf, False
+    ...     fails, accessed, checked, suspended_until = 0, -math.inf, -math.inf, -math.inf
     >>> health, state = PassiveHealth(max_fails=2, fail_timeout=10.0), State()
-    >>> health.failure(state, 0.0), health.failure(state, 1.0), health.suspended(state, 5.0)
+    >>> health.failure(state, 0.0), health.failure(state, 1.0), health.suspended(state, 11.0)
     (False, True, True)
-    >>> health.lifted(11.0) == [state], health.suspended(state, 11.0)
+    >>> health.lifted(11.5) == [state], health.suspended(state, 11.5)
     (True, False)
-    >>> health.picked(state, 11.0), state.probation  # the trial: suspended while it runs
+    >>> health.picked(state, 11.5), health.suspended(state, 12.0)  # the trial
     (True, True)
-    >>> health.success(state), state.suspended_until
-    (True, -inf)
+    >>> health.success(state), state.suspended_until, state.fails
+    (True, -inf, 0)
     """
 
     __slots__ = ("_lifts", "fail_timeout", "max_fails")
@@ -69,46 +80,38 @@ class PassiveHealth:
         return now < state.suspended_until
 
     def failure(self, state: Watched, now: float) -> bool:
-        """Record one failure at ``now``; ``True`` if it suspends the backend. O(log n)."""
-        if state.suspended_until == -math.inf:
-            # failures count within a sliding fail_timeout window; as in nginx, successes
-            # in between do not erase them
-            window = state.fail_times
-            if window is None:
-                window = state.fail_times = deque()
-            while window and window[0] <= now - self.fail_timeout:
-                window.popleft()
-            window.append(now)
-            if len(window) < self.max_fails:
-                return False
-            window.clear()
-        # max_fails reached, or any failure of a suspended backend or of its trial (nginx
-        # restarts fail_timeout on each): no picks for fail_timeout from now
-        state.probation = False
-        self._suspend(state, now)
+        """Record one failure at ``now``; ``True`` if it puts the backend out (or keeps it
+        out longer). O(log n)."""
+        state.fails += 1
+        state.accessed = state.checked = now
+        if state.fails < self.max_fails:
+            return False
+        self._suspend(state)
         return True
 
     def picked(self, state: Watched, now: float) -> bool:
-        """A pick of a backend whose suspension lifted: it is its trial. The backend takes
-        nothing else for ``fail_timeout`` while the outcome is awaited; ``True`` (its
-        eligibility changed). O(log n). Call only when ``suspended_until`` is not ``-inf``."""
-        state.probation = True  # its release decides
-        self._suspend(state, now)
+        """A pick of a backend with failures: if it is the first more than ``fail_timeout``
+        after the last check, it is a check; for a backend that was out, its trial, and it
+        is out again meanwhile. ``True`` if its eligibility changed. O(log n)."""
+        if now < self._due(state):
+            return False
+        state.checked = now
+        if state.fails < self.max_fails:
+            return False
+        self._suspend(state)
         return True
 
     def success(self, state: Watched) -> bool:
-        """A release without failure; ``True`` if it was the trial, which clears the
-        backend (the scheduler then ramps it like one marked up). O(1)."""
-        if not state.probation:
+        """A release without failure; ``True`` if it cleared the failures (a check came
+        after the last failure). O(log n)."""
+        if not state.fails or state.accessed >= state.checked:
             return False
         self.clear(state)
         return True
 
     def clear(self, state: Watched) -> None:
-        """Forget every failure of ``state`` (the trial passed, or it is alone). O(1)."""
-        if state.fail_times:
-            state.fail_times.clear()
-        state.probation = False
+        """Forget every failure of ``state`` (cleared, or it is alone). O(log n)."""
+        state.fails = 0
         state.suspended_until = -math.inf
         self._lifts.discard(state)
 
@@ -117,8 +120,13 @@ class PassiveHealth:
         O(log n) each."""
         return self._lifts.due(now)
 
-    def _suspend(self, state: Watched, now: float) -> None:
-        state.suspended_until = now + self.fail_timeout
+    def _due(self, state: Watched) -> float:
+        # nginx compares whole seconds with now - checked > fail_timeout: the first instant
+        # after checked + fail_timeout
+        return math.nextafter(state.checked + self.fail_timeout, math.inf)
+
+    def _suspend(self, state: Watched) -> None:
+        state.suspended_until = self._due(state)
         self._lifts.push(state.suspended_until, state)
 
     def _check(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 
 from lbalgo._counter import Tally
 from lbalgo._slowstart import RAMP_STEPS
@@ -21,13 +20,14 @@ class Slot(Tally):
     """
 
     __slots__ = (
+        "accessed",
         "backend",
-        "fail_times",
+        "checked",
+        "fails",
         "failures",
         "key",
         "live",
         "notify",
-        "probation",
         "ramp_start",
         "ramp_step",
         "suspended_until",
@@ -43,11 +43,14 @@ class Slot(Tally):
         self.up = True
         self.live = True
         self.failures = 0
-        self.fail_times: deque[float] | None = None
+        # passive health, nginx's fields: failures not yet cleared, the last failure's time,
+        # the last check; suspended_until: -inf, or when it may be picked again
+        self.fails = 0
+        self.accessed = -math.inf
+        self.checked = -math.inf
         self.suspended_until = -math.inf
-        self.probation = False
         # a release must reach the scheduler under its lock: the algorithm counts releases
-        # itself, or passive health awaits this backend's trial
+        # itself, or passive health has failures a success may clear
         self.notify = notify
         self.ramp_start: float | None = None
         self.ramp_step = RAMP_STEPS

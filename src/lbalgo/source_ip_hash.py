@@ -157,7 +157,7 @@ class SourceIPHash(BaseScheduler):
         """The backend for ``client``'s new request: its first eligible choice.
 
         O(1) and lock-free without ``compat``, ``balance_factor`` and ``exclude`` while no
-        slow-start ramp or passive-health suspension is in progress (the options may be on:
+        slow-start ramp is in progress and no backend has uncleared failures (the options may be on:
         only their events leave the fast path); otherwise under the lock, O(log P) for nginx's ring
         of P points, plus O(n) for a client whose first choice cannot take it.
         ``ValueError`` naming the client if it is not an address; ``NoBackendAvailable`` if
@@ -262,9 +262,10 @@ class SourceIPHash(BaseScheduler):
             self._compat is None
             and self._bound is None
             and bool(self._table)
-            # no ramp step or lift pending and no trial awaited: nothing the clock decides
+            # no ramp step or lift pending and no failure awaiting its check or trial:
+            # nothing the clock decides
             and self._next_event == math.inf
-            and all(slot.suspended_until == -math.inf for slot in order)
+            and all(slot.suspended_until == -math.inf and not slot.fails for slot in order)
         )
 
     # -- internals ----------------------------------------------------------------------------

@@ -50,9 +50,12 @@ class SmoothWeightedRoundRobin(BaseScheduler):
     nginx skips a down or already tried peer: it takes no part in that pick, its current
     weight does not move, and the total is the sum over the backends that take part.
     ``update(group)``: surviving keys keep their current weight, new keys start at 0, removed
-    keys are forgotten; a new weight counts from the next pick. nginx also lowers a peer's
-    effective weight after each failure; here passive health suspends instead, as
-    ``max_fails`` does, so that part of nginx is not reproduced.
+    keys are forgotten; a new weight counts from the next pick. With ``max_fails``, nginx's
+    effective weight too: a failure lowers it by ``weight // max_fails`` (not below 0), and
+    each pick the backend takes part in adds its effective weight, then raises it by one
+    until it is back at ``weight``; with passive health following nginx's rule (see
+    :mod:`lbalgo._passive`), the picks stay nginx's through failures and recoveries, pick
+    for pick, when the clock is nginx's (whole seconds).
 
     Slow start. While any ramp is on, the steps run on the fine scale of
     :data:`~lbalgo.scheduler.RAMP_STEPS`: every weight and current weight is multiplied by
@@ -82,8 +85,10 @@ class SmoothWeightedRoundRobin(BaseScheduler):
       one period; at n = 500 several times cheaper than the O(n) loop), then O(1) again.
       Memory: O(n + W), W <= 500 x 100.
     - ``pick(exclude=...)`` that skips a backend taking part, picks while a slow start ramp or
-      a passive-health suspension is pending, and picks while a backend awaits its trial: the
-      exact O(n) nginx step under the lock.
+      a passive-health suspension is pending, while a backend with failures awaits its check
+      or trial, and while an effective weight climbs back after a failure: the exact O(n)
+      nginx step under the lock. With ``max_fails`` set and no failure, picks stay on the
+      O(1) replay.
 
     Threads: a pick racing with a change may still be served from the rotation before the
     change (as if it came first); counts are never lost. Rotation state is per process. A
@@ -107,6 +112,8 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         self._takes = 0  # picks made by _take (sticky sessions) since the replay started
         # 1, or RAMP_STEPS while a slow-start ramp is on: the unit of the current weights
         self._scale = 1
+        # nginx's effective weights below full weight, after failures (absent: full weight)
+        self._effective: dict[Slot, int] = {}
         super().__init__(
             group,
             slow_start=slow_start,
@@ -168,10 +175,20 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         total = 0
         taking_part = []
         fine = self._scale != 1
+        effective = self._effective
+        recovering = bool(effective)
         for slot in self._order:
             if slot.key in exclude or not self._eligible(slot, now):
                 continue
-            weight = self._fine_weight(slot, now) if fine else slot.backend.weight
+            # nginx's effective weight: lowered by failures, back up by one per step
+            weight = effective.get(slot, slot.weight)
+            if weight < slot.weight:
+                if weight + 1 < slot.weight:
+                    effective[slot] = weight + 1
+                else:
+                    del effective[slot]
+            if fine:
+                weight *= self._ramp_step(slot, now)
             value = current[slot] + weight
             total += weight
             taking_part.append((slot, weight))
@@ -184,7 +201,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         for slot, weight in taking_part:
             current[slot] += weight
         current[best] -= total
-        if resume:
+        if resume or (recovering and not effective):
             self._start_epoch()
         return best
 
@@ -192,6 +209,11 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         self._fold()
         current = self._current
         self._current = {slot: current.get(slot, 0) for slot in self._order}
+        self._effective = {
+            slot: weight
+            for slot, weight in self._effective.items()
+            if slot.live and weight < slot.weight
+        }
         ramping = self._ramping()
         if ramping and self._scale == 1:
             # nginx's steps are linear in the weights: on weights and current weights all
@@ -236,13 +258,15 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         """Start generating from the current weights if nothing depends on the clock."""
         self._stream = EMPTY
         self._epoch = None
-        if self._next_event != math.inf or self._scale != 1 or any(
-            slot.suspended_until != -math.inf and slot.up and slot.backend.weight > 0
-            for slot in self._order
+        if (
+            self._next_event != math.inf
+            or self._scale != 1
+            or self._effective
+            or any(slot.fails and slot.up and slot.weight > 0 for slot in self._order)
         ):
-            # ramps, suspensions or trials pending: exact steps until they end (a backend
-            # awaiting its trial while down or at weight 0 cannot be picked, so it does not
-            # keep every pick on the O(n) path)
+            # ramps, suspensions, checks or effective weights climbing back after failures:
+            # exact steps until they end (a backend with failures while down or at weight 0
+            # cannot be picked, so it does not keep every pick on the O(n) path)
             return
         now = self._now()
         slots = tuple(slot for slot in self._order if self._eligible(slot, now))
@@ -252,6 +276,15 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             [self._current[slot] for slot in slots],
         )
         self._chunk = _FIRST_CHUNK
+
+    def _failed(self, slot: Slot) -> None:
+        if self._max_fails and len(self._order) > 1:
+            # nginx's free_round_robin_peer: the effective weight drops by weight / max_fails
+            weight = slot.weight
+            lowered = max(self._effective.get(slot, weight) - weight // self._max_fails, 0)
+            if lowered < weight:
+                self._effective[slot] = lowered
+            self._changed(slot)  # the replay stops until it has climbed back
 
     def _taken(self, slot: Slot) -> None:
         # a sticky session's pick bypasses the rotation (nginx's sticky does too); only the

@@ -13,6 +13,7 @@ import time
 import weakref
 
 from lbalgo._base import BaseScheduler
+from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo._slot import Slot
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
@@ -59,6 +60,22 @@ class WeightedLeastConnections(BaseScheduler):
     or trial and each slow-start weight step O(log n) (the ledger changes that one key's
     weight); ``update`` O(n).
 
+    ``compat="nginx"`` breaks ties exactly as nginx's ``least_conn``: its smooth weighted
+    round robin over the tied backends only (their ``current_weight``; a lone lowest backend
+    moves nothing), with nginx's ``effective_weight`` after failures, so the same picks,
+    releases and failures give the same backends as a real nginx, pick for pick. It keeps
+    its own in-process ledger (``ledger`` must be ``None``) and has no slow start (nginx has
+    none). ``pick`` and ``release`` cost O(D + log n), D the number of distinct weights among
+    the tied backends (at most 100; the D part is one C-level ``max``), where nginx scans
+    all n; picks with ``exclude`` and picks while a backend's effective weight climbs back
+    after a failure take nginx's O(n) step.
+
+    >>> sched = WeightedLeastConnections(BackendGroup([Backend("10.0.0.1", 80, 5),
+    ...     Backend("10.0.0.2", 80, 1), Backend("10.0.0.3", 80, 1)]), compat="nginx")
+    >>> def light(): b = sched.pick(); sched.release(b); return b.host[-1]
+    >>> "".join(light() for _ in range(7))  # every pick a tie at 0: nginx's a a b a c a a
+    '1121311'
+
     >>> from lbalgo import Backend, BackendGroup
     >>> group = BackendGroup([Backend("10.0.0.1", 80, 3), Backend("10.0.0.2", 80, 1)])
     >>> sched = WeightedLeastConnections(group)
@@ -80,8 +97,22 @@ class WeightedLeastConnections(BaseScheduler):
         max_fails: int = 0,
         fail_timeout: float = 10.0,
         clock: Clock = time.monotonic,
+        compat: str | None = None,
     ) -> None:
-        given = ledger is not None
+        if compat not in (None, "nginx"):
+            raise ValueError(f"compat must be None or 'nginx', got {compat!r}")
+        if compat == "nginx":
+            if ledger is not None:
+                raise ValueError(
+                    f"compat='nginx' keeps its own in-process ledger, got ledger={ledger!r}"
+                )
+            if slow_start:
+                raise ValueError(
+                    f"compat='nginx' has no slow start (nginx's least_conn has none), got "
+                    f"slow_start={slow_start!r}"
+                )
+            ledger = NginxLeastConnLedger()
+        given = ledger is not None and compat is None
         if ledger is None:
             ledger = LocalLedger()
         elif not isinstance(ledger, ConnectionLedger):
@@ -117,7 +148,10 @@ class WeightedLeastConnections(BaseScheduler):
             raise
         # The fast path below serves the common configuration: no clock-driven feature and
         # the local ledger, whose count for a key is exactly this scheduler's open count.
-        self._local = ledger if type(ledger) is LocalLedger and not self._timed else None
+        self._local: LocalLedger | NginxLeastConnLedger | None = None
+        if not self._timed and isinstance(ledger, (LocalLedger, NginxLeastConnLedger)):
+            # exact types only: a subclass may count differently
+            self._local = ledger if type(ledger) in (LocalLedger, NginxLeastConnLedger) else None
 
     @property
     def ledger(self) -> ConnectionLedger:
@@ -191,6 +225,12 @@ class WeightedLeastConnections(BaseScheduler):
         if key is None:
             raise self._no_backend(exclude)
         return self._slots[key]
+
+    def _failed(self, slot: Slot) -> None:
+        ledger = self._ledger
+        # nginx lowers a failed peer's effective weight (never the only server's)
+        if isinstance(ledger, NginxLeastConnLedger) and len(self._order) > 1:
+            ledger.failed(slot.key, self._max_fails)
 
     def _taken(self, slot: Slot) -> None:
         self._ledger.take(slot.key)

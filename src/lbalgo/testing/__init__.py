@@ -9,7 +9,9 @@ integration with the same generators, the same checks and the same plain models:
 - :mod:`lbalgo.testing.checks`: weights respected, ineligible never picked, minimal movement,
   internal invariants;
 - :mod:`lbalgo.testing.reference`: nginx's smooth round robin loop, the O(n) least-connections
-  scan, the exact ``Fraction`` ledger.
+  scan, the exact ``Fraction`` ledger;
+- :mod:`lbalgo.testing.nginx`: nginx's peer selection with its failure bookkeeping
+  (``get_peer`` with ``effective_weight``, ``free_round_robin_peer``, ``least_conn``).
 
 Only the strategies need hypothesis; they are imported when first used, so the checks and
 the models (and the benchmarks that compare with them) work without it.
@@ -34,6 +36,7 @@ from lbalgo.testing.checks import (
     check_never_picks_ineligible,
     check_weights_respected,
 )
+from lbalgo.testing.nginx import NginxPeer, NginxPeers
 from lbalgo.testing.reference import FractionLedger, NginxSmoothRoundRobin, ScanLeastConnections
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FractionLedger",
+    "NginxPeer",
+    "NginxPeers",
     "NginxSmoothRoundRobin",
     "ScanLeastConnections",
     "address_spellings",
