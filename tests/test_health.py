@@ -14,8 +14,8 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from tests.fakes import FakeClock
 
+from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
