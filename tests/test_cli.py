@@ -581,6 +581,27 @@ def test_benchmark_script_picks_what_to_plot() -> None:
     assert script.series(words) == ("", [])
 
 
+def test_every_benchmark_panel_reads_in_one_direction() -> None:
+    script = _load_script()
+    _, by_label, too_few, _ = _sized_tables()
+    mixed = Table("cost", ["backends", "ours / empty", "naive / ours (x faster)", "moved"])
+    mixed.rows = [[3, 2.0, 3.0, 0.1], [50, 2.5, 30.0, 0.2], [500, 3.0, 250.0, 0.3]]
+    lower, higher = script.panels(mixed)
+    assert lower[0] == "cost\n↓ lower is better"
+    assert lower[2] == "lower is better"
+    assert [name for name, _ in lower[3]] == ["ours / empty", "moved"]
+    assert higher[0] == "cost\n↑ higher is better"
+    assert [name for name, _ in higher[3]] == ["naive / ours (x faster)"]
+    ((title, xlabel, ylabel, lines),) = script.panels(by_label)
+    assert (title, xlabel, ylabel) == (
+        "peers\n↓ lower is better",
+        "backends",
+        "lookup / ours (lower is better)",
+    )
+    assert [name for name, _ in lines] == ["ours", "peer"]
+    assert script.panels(too_few) == []
+
+
 def test_benchmark_script_writes_markdown_and_picture(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
