@@ -136,7 +136,7 @@ def _build_parser() -> _Parser:
     bench.add_argument(
         "--only",
         metavar="NAME,...",
-        help="run only these modules (of: swrr, wlc, hashing, operations, ledger, transport)",
+        help="run only these modules (request, swrr, wlc, hashing, operations, ledger, transport)",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return parser

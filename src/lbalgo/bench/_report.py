@@ -30,7 +30,15 @@ __all__ = [
     "run_suite",
 ]
 
-MODULES: tuple[str, ...] = ("swrr", "wlc", "hashing", "operations", "ledger", "transport")
+MODULES: tuple[str, ...] = (
+    "request",
+    "swrr",
+    "wlc",
+    "hashing",
+    "operations",
+    "ledger",
+    "transport",
+)
 """The benchmark modules of :mod:`lbalgo.bench`, in report order."""
 
 EXPECTED_SAMPLES: dict[tuple[str, bool], int] = {
@@ -40,6 +48,7 @@ EXPECTED_SAMPLES: dict[tuple[str, bool], int] = {
     ("operations", False): 165,
     ("ledger", False): 60,
     ("transport", False): 40,
+    ("request", True): 260,
     ("swrr", True): 260,
     ("wlc", True): 50,
     ("hashing", True): 180,
