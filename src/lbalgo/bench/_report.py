@@ -43,8 +43,8 @@ MODULES: tuple[str, ...] = (
 
 EXPECTED_SAMPLES: dict[tuple[str, bool], int] = {
     ("request", False): 950,
-    ("swrr", False): 390,
-    ("wlc", False): 175,
+    ("swrr", False): 690,
+    ("wlc", False): 350,
     ("hashing", False): 720,
     ("operations", False): 165,
     ("ledger", False): 60,
