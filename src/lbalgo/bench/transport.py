@@ -1,9 +1,10 @@
 """The httpx transports: what balancing costs per request next to a plain httpx client.
 
 Both clients talk to the same local HTTP/1.1 keep-alive server, run in a child process so
-that its work does not share our interpreter; they are timed in alternating batches, and the
-ratio of each round is kept, so both see the same machine load. A second table times the same
-clients over ``httpx.MockTransport`` (no network at all): the overhead of the transport alone.
+that its work does not share our interpreter; they take turns request by request and each
+figure is a median, so a burst of load on a shared machine hits both alike. A second table
+times the same clients over ``httpx.MockTransport`` (no network at all): the overhead of the
+transport alone.
 Needs the ``httpx`` extra (the module is skipped with a note without it).
 """
 
@@ -30,7 +31,9 @@ from lbalgo.wlc import WeightedLeastConnections
 __all__ = ["run"]
 
 ROUNDS = 5
-"""Alternating batches per client; the median ratio over the rounds is reported."""
+"""Rounds per client pair; each round alternates the two clients request by request."""
+
+Pair = tuple[float, float]
 
 _SERVER = """
 import asyncio, sys
@@ -69,32 +72,44 @@ def _schedulers(port: int) -> list[tuple[str, Scheduler]]:
     ]
 
 
-def _sync_us(client: httpx.Client, url: str, count: int) -> float:
-    start = time.perf_counter()
+def _sync_round(plain: httpx.Client, balanced: httpx.Client, url: str, count: int) -> Pair:
+    """Median µs per request of each client, requests alternating one by one (so a burst of
+    load on the machine hits both alike)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    clock = time.perf_counter
     for _ in range(count):
-        client.get(url)
-    return (time.perf_counter() - start) / count * 1e6
+        for client, samples in ((plain, times[0]), (balanced, times[1])):
+            start = clock()
+            client.get(url)
+            samples.append(clock() - start)
+    return statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
 
 
-def _async_us(
-    loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient, url: str, count: int
-) -> float:
-    async def batch() -> float:
-        start = time.perf_counter()
+def _async_round(
+    loop: asyncio.AbstractEventLoop,
+    plain: httpx.AsyncClient,
+    balanced: httpx.AsyncClient,
+    url: str,
+    count: int,
+) -> Pair:
+    async def both() -> Pair:
+        times: tuple[list[float], list[float]] = ([], [])
+        clock = time.perf_counter
         for _ in range(count):
-            await client.get(url)
-        return (time.perf_counter() - start) / count * 1e6
+            for client, samples in ((plain, times[0]), (balanced, times[1])):
+                start = clock()
+                await client.get(url)
+                samples.append(clock() - start)
+        return statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
 
-    return loop.run_until_complete(batch())
+    return loop.run_until_complete(both())
 
 
-def _compare(
-    plain: Callable[[], float], balanced: Callable[[], float], rounds_: int
-) -> tuple[float, ...]:
-    plain(), balanced()  # warm up: connections opened, code paths hot
+def _compare(one_round: Callable[[], Pair], rounds_: int) -> tuple[float, ...]:
+    one_round()  # warm up: connections opened, code paths hot
     rounds = []
     for _ in range(rounds_):
-        a, b = plain(), balanced()
+        a, b = one_round()
         sample_taken()
         rounds.append((a, b, b / a))
     return tuple(statistics.median(column) for column in zip(*rounds, strict=True))
@@ -114,9 +129,7 @@ def _table(title: str, port: int | None, count: int, rounds: int) -> Table:
             httpx.Client(transport=LoadBalancedTransport(sched, transport=inner)) as balanced,
         ):
             a, b, ratio = _compare(
-                functools.partial(_sync_us, plain, url, count),
-                functools.partial(_sync_us, balanced, url, count),
-                rounds,
+                functools.partial(_sync_round, plain, balanced, url, count), rounds
             )
         table.rows.append(["sync", name, a, b, ratio])
     loop = asyncio.new_event_loop()
@@ -131,9 +144,7 @@ def _table(title: str, port: int | None, count: int, rounds: int) -> Table:
                 transport=AsyncLoadBalancedTransport(sched, transport=ainner)
             )
             a, b, ratio = _compare(
-                functools.partial(_async_us, loop, aplain, url, count),
-                functools.partial(_async_us, loop, abalanced, url, count),
-                rounds,
+                functools.partial(_async_round, loop, aplain, abalanced, url, count), rounds
             )
             loop.run_until_complete(aplain.aclose())
             loop.run_until_complete(abalanced.aclose())
@@ -156,8 +167,9 @@ def run(quick: bool = False) -> list[Table]:
             rounds,
         )
     network.notes.append(
-        f"{count} requests per batch, batches of both clients alternating, median of "
-        f"{rounds} rounds; one backend (the same server) so the only difference is lbalgo"
+        f"median µs per request of {count} requests per client and round, the two clients "
+        f"alternating request by request; median of {rounds} rounds (the ratio: median of the "
+        "rounds' ratios); one backend, the same server, so the only difference is lbalgo"
     )
     alone = _table(
         "httpx transport over httpx.MockTransport: the balancing overhead alone",
