@@ -953,3 +953,48 @@ def test_fine_weights_leave_the_local_ledger_integers_as_they_were() -> None:
                 fine.release(key)
         for attr in ("_unit", "_start", "_load", "_vt", "_step"):
             assert getattr(whole, attr) == getattr(fine, attr), attr
+
+
+@pytest.mark.parametrize("bad", [-1, 3201, 2.5, True, "3"])
+def test_set_weight_refuses_a_bad_weight_unchanged(bad: object) -> None:
+    ledger, twin = LocalLedger(), LocalLedger()
+    for each in (ledger, twin):
+        each.set_eligible([("a", 2), ("b", 1)])
+        each.acquire()
+    with pytest.raises(ValueError, match=rf"weight of 'a' must be .* got {bad!r}"):
+        ledger.set_weight("a", bad)  # type: ignore[arg-type]
+    ledger._check()
+    assert [ledger.acquire() for _ in range(6)] == [twin.acquire() for _ in range(6)]
+
+
+class CountingLedger(LocalLedger):
+    """A LocalLedger that counts the calls that change its eligible set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
+        self.calls["set_eligible"] += 1
+        super().set_eligible(weights)
+
+    def set_weight(self, key: str, weight: int) -> bool:
+        self.calls["set_weight"] += 1
+        return super().set_weight(key, weight)
+
+
+def test_a_health_flap_touches_one_key_not_the_ledger() -> None:
+    """mark_down / mark_up reach the ledger as one set_weight each, not a new eligible set,
+    and leave the ledger's schedule consistent."""
+    group = group_of(*range(1, 21))
+    ledger = CountingLedger()
+    sched = WeightedLeastConnections(group, ledger=ledger)
+    for _ in range(30):
+        sched.release(sched.pick())
+    ledger.calls.clear()
+    key = group.keys()[7]
+    sched.mark_down(key)
+    sched.mark_up(key)
+    assert ledger.calls == Counter({"set_weight": 2})
+    ledger._check()
+    assert key in {sched.pick().key for _ in range(group.total_weight)}

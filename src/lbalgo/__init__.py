@@ -13,7 +13,7 @@ from lbalgo.errors import (
     NoBackendAvailable,
 )
 from lbalgo.health import HealthChecker, HealthStatus
-from lbalgo.ledger import ConnectionLedger
+from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
@@ -33,6 +33,7 @@ __all__ = [
     "HealthCheckFailed",
     "HealthChecker",
     "HealthStatus",
+    "IncrementalLedger",
     "InvalidBackendError",
     "InvalidGroupError",
     "InvalidOptionError",

@@ -28,7 +28,6 @@ class Slot(Tally):
         "live",
         "notify",
         "probation",
-        "ramp_id",
         "ramp_start",
         "ramp_step",
         "suspended_until",
@@ -52,7 +51,6 @@ class Slot(Tally):
         self.notify = notify
         self.ramp_start: float | None = None
         self.ramp_step = RAMP_STEPS
-        self.ramp_id = 0
 
     def __repr__(self) -> str:
         return f"<Slot {self.key} up={self.up} open={self.open}>"

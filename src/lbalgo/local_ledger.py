@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from heapq import heappop
+from heapq import heappop, heappush
 
-from lbalgo._wf2q import OUT, PENDING, WF2QSchedule
+from lbalgo._wf2q import BUSY, IDLE, OUT, PENDING, READY, WF2QSchedule
 from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
 
 __all__ = ["LocalLedger"]
@@ -24,26 +24,17 @@ class LocalLedger(WF2QSchedule):
     the lowest ratio; among equal ratios a ready key with the earliest ``F``, else a waiting
     key with the earliest ``S``; then group order.
 
-    Why WF2Q rather than a plain earliest-deadline (lowest ``F``) tie-break: with ten keys of
-    weight 1 and one of weight 100, earliest deadline gives the heavy key its 100 picks in a
-    burst. The readiness rule keeps every key within one pick of its weighted share in every
-    prefix of a light-load sequence (each connection released before the next acquire, so
-    all ratios tie), tighter than nginx's smooth round robin, which can stray past one pick.
-    Service a key missed or took in advance while ratios decided (heavy load) is clamped to
-    one pick at its next acquire, so when load drops nobody gets a burst of catch-up picks.
+    The WF2Q rule keeps every key within one pick of its weighted share in every prefix of
+    a light-load sequence (where all ratios tie), where a plain earliest-deadline tie-break
+    would give a heavy key its picks in a burst; a key's lead or lag is clamped to one pick
+    at its next acquire, so after heavy load nobody gets a burst of catch-up picks. Ratios
+    and virtual times are exact integers on a common scale (see ``docs/algorithms/wlc.md``
+    for the design and :class:`~lbalgo.testing.reference.FractionLedger` for the rule in
+    ``Fraction`` arithmetic).
 
-    Ratios and virtual times are integers scaled by ``M = lcm(weights, total weight)``, so
-    every comparison is exact. Multiplying every weight by one factor (the scheduler's
-    :data:`~lbalgo.scheduler.RAMP_STEPS`) multiplies ``M`` by it too and leaves every one of
-    these integers as it was; only a slow-start ramp in progress, whose step ``k`` enters
-    ``M``, makes them larger. Heaps with lazy deletion (a stale entry carries an old stamp
-    and is dropped when it surfaces; all are rebuilt in O(n) after about 2n entries were
-    queued): ready keys by ``(ratio, F)``; waiting keys with no connection ("idle")
-    by ``S``; waiting keys with connections ("busy") by ``(ratio, S)`` and by ``S``. The idle
-    heap serves both to pick and to wake, which keeps a light-load acquire at four heap
-    operations. :meth:`acquire`, :meth:`take` and :meth:`release` are amortised O(log n),
-    :meth:`count` O(1), :meth:`set_eligible` O(n). No lock of its own: its scheduler calls
-    it under the scheduler's lock.
+    Complexity: :meth:`acquire`, :meth:`take`, :meth:`release` and :meth:`set_weight`
+    amortised O(log n) (heaps with lazy deletion), :meth:`count` O(1), :meth:`set_eligible`
+    O(n). No lock of its own: its scheduler calls it under the scheduler's lock.
 
     >>> ledger = LocalLedger()
     >>> ledger.set_eligible([("a", 3), ("b", 1)])
@@ -185,10 +176,30 @@ class LocalLedger(WF2QSchedule):
         """Take the least-loaded eligible key not in ``exclude`` and count it, amortised
         O(log n) (plus O(k log n) for k excluded keys); ``None`` if no key qualifies."""
         vt = self._vt
-        idle, stamp = self._idle_heap, self._stamp
-        if self._pending >= 0:
-            self._flush()
-            idle = self._idle_heap  # _flush may have rebuilt the heaps
+        stamp = self._stamp
+        pos = self._pending
+        if pos >= 0:
+            # _flush(), written out for the common case: queue the key acquired last
+            self._pending = -1
+            mark = stamp[pos] + 1
+            stamp[pos] = mark
+            u = self._unit[pos]
+            s = self._start[pos]
+            count = self._load[pos]
+            if s <= vt:
+                self._state[pos] = READY
+                heappush(self._ready_heap, (count * u, s + u, pos, mark))
+            elif count:
+                self._state[pos] = BUSY
+                heappush(self._busy_heap, (count * u, s, pos, mark))
+                heappush(self._busy_wakeups, (s, pos))
+            else:
+                self._state[pos] = IDLE
+                heappush(self._idle_heap, (s, pos, mark))
+            self._pushes += 1
+            if self._pushes > self._limit:
+                self._rebuild_heaps()
+        idle = self._idle_heap
         if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
             self._wake()
         if exclude:
@@ -215,7 +226,25 @@ class LocalLedger(WF2QSchedule):
                     pos = heappop(busy)[2]
                 else:
                     return None
-        self._advance(pos)
+        # _advance(pos), written out: this is the hot path of every pick
+        u = self._unit[pos]
+        self._load[pos] += 1
+        nvt = vt + self._step
+        if self._frac:
+            rem = self._rem + self._frac
+            if rem >= self._total:
+                rem -= self._total
+                nvt += 1
+            self._rem = rem
+        self._vt = nvt
+        s = self._start[pos] + u
+        if s < vt:
+            s = vt
+        elif s > nvt + u:
+            s = nvt + u
+        self._start[pos] = s
+        self._state[pos] = PENDING
+        self._pending = pos
         return self._keys[pos]
 
     def take(self, key: str) -> None:

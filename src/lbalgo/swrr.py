@@ -22,7 +22,7 @@ from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo._swrr_replay import EMPTY, ClassGenerator, Epoch, Stream, unscale
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.scheduler import Client, Clock, Exclude
+from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
 __all__ = ["SmoothWeightedRoundRobin"]
 
@@ -132,6 +132,18 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             except StopIteration:
                 pass
         return self._pick_slot(client, exclude).backend
+
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
+        """The next backend in nginx's sequence, held by a :class:`~lbalgo.Lease` (O(1)
+        and lock-free when nothing is excluded, its exit too)."""
+        if not exclude:
+            try:
+                slot, backend, _ = next(self._stream)
+                return Lease(backend, slot, self._end_lease)
+            except StopIteration:
+                pass
+        slot = self._pick_slot(client, exclude)
+        return Lease(slot.backend, slot, self._end_lease)
 
     def _pick_slot(self, client: Client, exclude: Exclude) -> Slot:
         if not exclude:
