@@ -4,7 +4,15 @@ Everything public is importable from here; see ``docs/`` for the guide and API r
 """
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
-from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
+from lbalgo.errors import (
+    HealthCheckFailed,
+    InvalidBackendError,
+    InvalidGroupError,
+    InvalidOptionError,
+    LbalgoError,
+    NoBackendAvailable,
+)
+from lbalgo.health import HealthChecker, HealthStatus
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.nginx import Upstream, load_upstream
@@ -23,9 +31,13 @@ __all__ = [
     "BackendGroup",
     "BackendStats",
     "ConnectionLedger",
+    "HealthCheckFailed",
+    "HealthChecker",
+    "HealthStatus",
     "IncrementalLedger",
     "InvalidBackendError",
     "InvalidGroupError",
+    "InvalidOptionError",
     "LbalgoError",
     "Lease",
     "LedgerUnavailable",

@@ -5,7 +5,7 @@ lbalgo's own suite uses exactly these, so a proxy that embeds a scheduler can pr
 integration with the same generators, the same checks and the same plain models:
 
 - :mod:`lbalgo.testing.strategies`: groups, backends, weights, client addresses in every
-  spelling (needs ``hypothesis``, the ``dev`` extra);
+  spelling (needs ``hypothesis``, the ``testing`` extra);
 - :mod:`lbalgo.testing.checks`: weights respected, ineligible never picked, minimal movement,
   internal invariants;
 - :mod:`lbalgo.testing.reference`: nginx's smooth round robin loop, the O(n) least-connections

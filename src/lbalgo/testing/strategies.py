@@ -1,11 +1,17 @@
 """Hypothesis strategies for groups, backends, weights and client addresses in every
-spelling: the generators lbalgo's own suite draws from. Needs ``hypothesis``."""
+spelling: the generators lbalgo's own suite draws from. Needs ``hypothesis`` (the ``testing``
+extra: ``pip install 'lbalgo[testing]'``)."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import strategies as st
+from lbalgo._extras import missing_extra
+
+try:
+    from hypothesis import strategies as st
+except ImportError:
+    raise missing_extra("lbalgo.testing.strategies", "hypothesis", "testing") from None
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 
