@@ -72,9 +72,10 @@ def head_end(buffer: bytearray) -> int:
     than ``MAX_HEAD`` (431). O(n) in the bytes buffered, in C (one regex, one find).
     """
     end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
-    # a CR that ends an incomplete buffer may still be followed by its LF
-    scan = end + 4 if end >= 0 else len(buffer) - buffer.endswith(b"\r")
-    bad = _BAD_HEAD.search(buffer, 0, min(scan, MAX_HEAD + 4))
+    scan = end + 4 if end >= 0 else min(len(buffer), MAX_HEAD + 4)
+    if end < 0 and buffer[scan - 1] == 13:
+        scan -= 1  # a CR at the end of what is scanned may still be followed by its LF
+    bad = _BAD_HEAD.search(buffer, 0, scan)
     if bad:
         raise ProtocolError(f"forbidden byte {bad.group()!r} at offset {bad.start()} of the head")
     if end < 0:
