@@ -217,7 +217,11 @@ def read_reply(sock: socket.socket, *, method: bytes = b"GET", wait: float = TIM
     """Read responses until a final one is complete or the proxy closes (bounded)."""
     conn = h11.Connection(h11.CLIENT)
     # h11 must know a request went out to parse a response; its exact form does not matter
-    conn.send(h11.Request(method=method, target="/", headers=[("Host", "t")]))
+    # (only whether it was a HEAD matters: a HEAD response has no body)
+    head_only = method == b"HEAD"
+    conn.send(
+        h11.Request(method=b"HEAD" if head_only else b"GET", target="/", headers=[("Host", "t")])
+    )
     conn.send(h11.EndOfMessage())
     responses: list[Response] = []
     data = b""
@@ -255,14 +259,16 @@ def read_reply(sock: socket.socket, *, method: bytes = b"GET", wait: float = TIM
     return Reply(responses, data, closed, complete)
 
 
-def send(port: int, data: bytes, *, method: bytes = b"GET", wait: float = TIMEOUT) -> Reply:
-    """Send raw bytes on a new connection and read the reply; then check whether the proxy
-    closes the connection (a refused message must end it)."""
+def send(
+    port: int, data: bytes, *, method: bytes = b"GET", wait: float = TIMEOUT, probe: bool = True
+) -> Reply:
+    """Send raw bytes on a new connection and read the reply; then (``probe``: waiting up to
+    0.2 s) check whether the proxy closes the connection (a refused message must end it)."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         with contextlib.suppress(ConnectionError):
             sock.sendall(data)
         reply = read_reply(sock, method=method, wait=wait)
-        if not reply.closed:
+        if probe and not reply.closed:
             sock.settimeout(0.2)
             try:
                 reply.closed = sock.recv(1) == b""
