@@ -4,7 +4,15 @@ Everything public is importable from here; see ``docs/`` for the guide and API r
 """
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
-from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
+from lbalgo.errors import (
+    HealthCheckFailed,
+    InvalidBackendError,
+    InvalidGroupError,
+    InvalidOptionError,
+    LbalgoError,
+    NoBackendAvailable,
+)
+from lbalgo.health import HealthChecker, HealthStatus
 from lbalgo.ledger import ConnectionLedger, LocalLedger
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
@@ -21,8 +29,12 @@ __all__ = [
     "BackendGroup",
     "BackendStats",
     "ConnectionLedger",
+    "HealthCheckFailed",
+    "HealthChecker",
+    "HealthStatus",
     "InvalidBackendError",
     "InvalidGroupError",
+    "InvalidOptionError",
     "LbalgoError",
     "Lease",
     "LedgerUnavailable",

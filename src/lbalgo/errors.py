@@ -8,8 +8,10 @@ code written against the standard library keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "HealthCheckFailed",
     "InvalidBackendError",
     "InvalidGroupError",
+    "InvalidOptionError",
     "LbalgoError",
     "NoBackendAvailable",
 ]
@@ -61,4 +63,26 @@ class NoBackendAvailable(LbalgoError, LookupError):
     Traceback (most recent call last):
     ...
     lbalgo.errors.NoBackendAvailable: no backend available (10.0.0.1:80 weight 0)
+    """
+
+
+class InvalidOptionError(LbalgoError, ValueError):
+    """An option outside its documented range: the message names the option and the value.
+
+    >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
+    >>> from lbalgo.health import HealthChecker, tcp
+    >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
+    >>> HealthChecker(sched, tcp(), interval=0.5)
+    Traceback (most recent call last):
+    ...
+    lbalgo.errors.InvalidOptionError: interval must be a number of seconds from 1 to 50, got 0.5
+    """
+
+
+class HealthCheckFailed(LbalgoError):
+    """A health probe's verdict "unhealthy", with the reason (``HTTP status 503``).
+
+    The built-in checks of :mod:`lbalgo.health` raise it; a check of your own may raise it (or
+    any exception, or return ``False``) too. The checker counts it as a failure and keeps its
+    text as ``HealthStatus.last_error``; it never reaches the caller of the checker.
     """

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lbalgo._extras import missing_extra
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import NoBackendAvailable
 
@@ -462,8 +463,9 @@ def save_plot(runs: Sequence[RunResult], path: str) -> None:
     """Draw each backend's share over time, one panel per algorithm, into ``path`` (PNG).
 
     Solid lines are the measured share per bucket of requests, dotted lines the expected
-    share, dashed verticals the phase boundaries. Needs matplotlib (the ``plot`` extra):
-    ``ImportError`` otherwise. An unwritable path raises ``OSError``.
+    share, dashed verticals the phase boundaries. Needs matplotlib (the ``plot`` extra): a
+    ``ModuleNotFoundError`` saying what to install otherwise. An unwritable path raises
+    ``OSError``.
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "shares.png")
@@ -471,7 +473,11 @@ def save_plot(runs: Sequence[RunResult], path: str) -> None:
     >>> open(path, "rb").read(4)
     b'\x89PNG'
     """
-    from matplotlib.figure import Figure  # the object API: no pyplot global state, no GUI
+    try:
+        # the object API: no pyplot global state, no GUI
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise missing_extra("save_plot", "matplotlib", "plot") from None
 
     figure = Figure(figsize=(10, 2.8 * len(runs) + 0.6), layout="constrained")
     axes = figure.subplots(len(runs), 1, sharex=True, squeeze=False)[:, 0]

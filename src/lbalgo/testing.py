@@ -1,8 +1,8 @@
 """Hypothesis strategies and invariant checks for property tests of code built on lbalgo.
 
 lbalgo's own suite uses exactly these, so a proxy that embeds a scheduler can property-test its
-integration with the same generators and the same checks. Needs ``hypothesis`` (the ``dev``
-extra).
+integration with the same generators and the same checks. Needs ``hypothesis`` (the
+``testing`` extra: ``pip install 'lbalgo[testing]'``).
 
 >>> from hypothesis import given
 >>> from lbalgo import SmoothWeightedRoundRobin
@@ -18,7 +18,12 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
-from hypothesis import strategies as st
+from lbalgo._extras import missing_extra
+
+try:
+    from hypothesis import strategies as st
+except ImportError:
+    raise missing_extra("lbalgo.testing", "hypothesis", "testing") from None
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import NoBackendAvailable

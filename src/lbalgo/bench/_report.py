@@ -19,7 +19,7 @@ from lbalgo.bench._core import REPEATS, Table
 
 __all__ = ["MODULES", "Section", "environment", "markdown_report", "run_suite"]
 
-MODULES: tuple[str, ...] = ("swrr", "wlc", "hashing", "operations", "ledger")
+MODULES: tuple[str, ...] = ("swrr", "wlc", "hashing", "operations", "ledger", "transport")
 """The benchmark modules of :mod:`lbalgo.bench`, in report order."""
 
 
