@@ -71,12 +71,13 @@ class Backend:
     received: list[Received] = field(default_factory=list)
     connections: int = 0  # connections accepted (including those that sent no full request)
     closed_early: int = 0  # connections the peer closed before a full request arrived
+    bind_port: int = 0  # 0: a free port; a backend restarted on its old port gives that
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
         self.gate = threading.Event()  # /hold requests wait for it
         self.holding = threading.Semaphore(0)  # released once per /hold request that arrived
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", self.bind_port))
         self.listener.settimeout(0.05)
         self.port = int(self.listener.getsockname()[1])
         self.running = True

@@ -384,3 +384,75 @@ def test_no_uvloop_and_uvloop_behave_alike(tmp_path: Path, backends: list[Backen
         assert send(proxy.port, b"GET / HTTP/1.1\nHost: t\n\n").status == 400
     finally:
         assert proxy.stop() == 0
+
+
+def test_active_health_checks_take_a_backend_out_and_bring_it_back(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    a, b = backends[:2]
+    proxy = _start(
+        tmp_path,
+        "--health-check",
+        "http:/healthz",
+        "--health-interval",
+        "1",
+        "--health-rise",
+        "1",
+        "--health-fall",
+        "1",
+        "--max-fails",
+        "0",  # passive health off: what happens here is the checker's doing
+        f"--backend=127.0.0.1:{a.port}",
+        f"--backend=127.0.0.1:{b.port}",
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not any(r.target == b"/healthz" for r in b.received):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert b.received[0].header(b"user-agent") == [b"lbalgo-health"]
+        port = b.port
+        b.kill()
+        # marked down: requests stop even trying b (no more failed attempts in the log)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            failures = proxy.log_text().count("failed")
+            replies = [send(proxy.port, GET, probe=False) for _ in range(4)]
+            assert [r.status for r in replies] == [200] * 4
+            if proxy.log_text().count("failed") == failures:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        revived = Backend("b", bind_port=port)
+        backends.append(revived)  # killed by the fixture
+        deadline = time.monotonic() + TIMEOUT
+        while not [r for r in revived.received if r.target == b"/"]:
+            assert time.monotonic() < deadline
+            assert send(proxy.port, GET, probe=False).status == 200
+            time.sleep(0.1)
+    finally:
+        assert proxy.stop() == 0
+    assert "Traceback" not in proxy.log_text()
+
+
+def test_health_check_options_are_validated(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from proxy_harness import PROXY
+
+    for args, message in (
+        (["--health-check", "ftp:/x"], "expected tcp or http:/PATH"),
+        (["--health-check", "tcp", "--health-interval", "0.5"], "interval"),
+        (["--health-check", "tcp", "--health-rise", "11"], "healthy_threshold"),
+        (["--algorithm", "swrr", "--compat", "nginx"], "--compat"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(PROXY), "--backend", "127.0.0.1:9", *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 2, args
+        assert message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

@@ -25,7 +25,9 @@ from lbalgo import (
     SmoothWeightedRoundRobin,
     SourceIPHash,
     WeightedLeastConnections,
+    health,
 )
+from lbalgo.health import HealthChecker
 
 from .forward import ClientConnection, Limits, Proxy
 from .framing import error_response
@@ -144,11 +146,36 @@ class Server:
             await asyncio.wait(remaining)
 
 
-async def serve(args: argparse.Namespace, group: BackendGroup) -> None:
+def build(args: argparse.Namespace, group: BackendGroup) -> tuple[Scheduler, HealthChecker | None]:
+    """The scheduler and (with ``--health-check``) its health checker. Raises ``ValueError``
+    (an :class:`~lbalgo.LbalgoError`) naming a bad option."""
     options: dict[str, Any] = {"max_fails": args.max_fails, "fail_timeout": args.fail_timeout}
     if args.compat:
         options["compat"] = args.compat
-    scheduler = ALGORITHMS[args.algorithm](group, **options)
+    try:
+        scheduler = ALGORITHMS[args.algorithm](group, **options)
+    except TypeError:  # an algorithm without that option
+        raise ValueError(f"--compat {args.compat} does not apply to {args.algorithm}") from None
+    if args.health_check is None:
+        return scheduler, None
+    if args.health_check == "tcp":
+        check = health.tcp()
+    else:  # "http:/path"
+        check = health.http(args.health_check.removeprefix("http:"))
+    checker = HealthChecker(
+        scheduler,
+        check,
+        interval=args.health_interval,
+        timeout=args.health_timeout,
+        healthy_threshold=args.health_rise,
+        unhealthy_threshold=args.health_fall,
+    )
+    return scheduler, checker
+
+
+async def serve(
+    args: argparse.Namespace, scheduler: Scheduler, checker: HealthChecker | None
+) -> None:
     limits = Limits(
         connect=args.connect_timeout,
         read=args.read_timeout,
@@ -164,7 +191,8 @@ async def serve(args: argparse.Namespace, group: BackendGroup) -> None:
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     # the first line on stdout says where we listen (port 0 picks a free one; tests read it)
     print(
-        f"listening on http://{shown}:{bound[1]} ({args.algorithm} over {len(group)} backends)",
+        f"listening on http://{shown}:{bound[1]} "
+        f"({args.algorithm} over {len(scheduler.group)} backends)",
         flush=True,
     )
     loop = asyncio.get_running_loop()
@@ -173,21 +201,16 @@ async def serve(args: argparse.Namespace, group: BackendGroup) -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, server.reload)
-    async with contextlib.AsyncExitStack() as stack:
-        checker = await start_health_checks(args, scheduler)
-        if checker is not None:
-            stack.push_async_callback(checker.stop)
+    if checker is not None:
+        await checker.start()  # it follows update(): reloaded backends are probed too
+    try:
         await stop.wait()
         log.warning("stopping: %d connections open", len(server.connections))
         listener.close()  # no new connections from here on
         await server.stop(args.shutdown_timeout)
-
-
-async def start_health_checks(args: argparse.Namespace, scheduler: Scheduler) -> Any:
-    """Start ``--health-check`` (tcp or http:/path) through lbalgo.health; None if off."""
-    if args.health_check is None:
-        return None
-    raise SystemExit("--health-check needs lbalgo.health")
+    finally:
+        if checker is not None:
+            await checker.stop()
 
 
 def parse_backend(spec: str) -> Backend:
@@ -269,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--health-interval", type=parse_seconds, default=5.0, metavar="SECONDS")
     add("--health-timeout", type=parse_seconds, default=3.0, metavar="SECONDS")
+    add(
+        "--health-rise",
+        type=parse_count,
+        default=3,
+        metavar="N",
+        help="passes in a row that bring a backend back (default 3)",
+    )
+    add(
+        "--health-fall",
+        type=parse_count,
+        default=3,
+        metavar="N",
+        help="failures in a row that take a backend out (default 3)",
+    )
     add("--max-fails", type=int, default=1, metavar="N", help="passive health (0: off)")
     add("--fail-timeout", type=parse_seconds, default=10.0, metavar="SECONDS")
     add("--connect-timeout", type=parse_seconds, default=2.0, metavar="SECONDS")
@@ -328,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--compat applies to source-ip-hash and wlc (swrr always picks as nginx)")
     try:
         group = load_config(args.config) if args.config else BackendGroup(args.backend)
+        scheduler, checker = build(args, group)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     logging.basicConfig(
@@ -343,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(args, group))
+            runner.run(serve(args, scheduler, checker))
     except OSError as error:  # the listen address is taken or not ours
         host, port = args.listen
         print(f"proxy: cannot listen on {host}:{port}: {error}", file=sys.stderr)
