@@ -44,12 +44,13 @@ class Received:
 Respond = Callable[[Received, socket.socket], None]
 
 
-def ok(request: Received, sock: socket.socket, name: str = "a") -> None:
+def ok(request: Received, sock: socket.socket, name: str = "a", *, close: bool = True) -> None:
     """A well-formed 200 whose body names the backend."""
     body = name.encode()
+    connection = b"Connection: close\r\n" if close else b""
     sock.sendall(
-        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend: %s\r\n\r\n%s"
-        % (len(body), body, body)
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend: %s\r\n%s\r\n%s"
+        % (len(body), body, connection, body)
     )
 
 
@@ -72,6 +73,7 @@ class Backend:
     connections: int = 0  # connections accepted (including those that sent no full request)
     closed_early: int = 0  # connections the peer closed before a full request arrived
     bind_port: int = 0  # 0: a free port; a backend restarted on its old port gives that
+    keep_alive: bool = False  # serve several requests per connection (else one, then close)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -99,18 +101,30 @@ class Backend:
     def _serve(self, sock: socket.socket) -> None:
         with sock:
             sock.settimeout(TIMEOUT)
-            request = self._read(sock)
-            if request is None:
+            first = True
+            while True:
+                request = self._read(sock)
+                if request is None:
+                    if first:
+                        with self.lock:
+                            self.closed_early += 1
+                    return
+                first = False
                 with self.lock:
-                    self.closed_early += 1
-                return
-            with self.lock:
-                self.received.append(request)
-            if request.target == b"/hold":
-                self.holding.release()
-                self.gate.wait(TIMEOUT)
-            with contextlib.suppress(OSError):
-                (self.respond or (lambda r, s: ok(r, s, self.name)))(request, sock)
+                    self.received.append(request)
+                if request.target == b"/hold":
+                    self.holding.release()
+                    self.gate.wait(TIMEOUT)
+                keep = self.keep_alive and self.respond is None
+                try:
+                    if self.respond is None:
+                        ok(request, sock, self.name, close=not keep)
+                    else:
+                        self.respond(request, sock)
+                except OSError:
+                    return
+                if not keep:
+                    return
 
     @staticmethod
     def _read(sock: socket.socket) -> Received | None:

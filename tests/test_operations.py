@@ -184,9 +184,7 @@ def test_share_of_a_ramping_backend_grows_linearly(
     assert abs(got[new.key] - 25) <= 2, got
 
 
-def test_ramp_follows_the_clock_pick_by_pick(
-    ramped: type[BaseScheduler], clock: FakeClock
-) -> None:
+def test_ramp_follows_the_clock_pick_by_pick(ramped: type[BaseScheduler], clock: FakeClock) -> None:
     """The clock moves on between picks across the whole window (as in production): the
     joining backend's share in each tenth of the window is what its weight then gives."""
     group = BackendGroup(backends(1, 1, 1))
@@ -281,9 +279,7 @@ FAILS, TIMEOUT = 2, 10.0
 
 
 def passive(cls: type[BaseScheduler], clock: FakeClock, n: int = 3) -> BaseScheduler:
-    return cls(
-        BackendGroup(backends(*[1] * n)), max_fails=FAILS, fail_timeout=TIMEOUT, clock=clock
-    )
+    return cls(BackendGroup(backends(*[1] * n)), max_fails=FAILS, fail_timeout=TIMEOUT, clock=clock)
 
 
 def on(sched: BaseScheduler, key: str, i: int = 0) -> Lease:
@@ -418,9 +414,7 @@ def test_the_only_backend_is_never_suspended(
     assert sched.stats()[key].available
 
 
-def test_disabled_counts_but_never_suspends(
-    any_cls: type[BaseScheduler], clock: FakeClock
-) -> None:
+def test_disabled_counts_but_never_suspends(any_cls: type[BaseScheduler], clock: FakeClock) -> None:
     sched = any_cls(BackendGroup(backends(1, 1)), clock=clock)
     key = sched.group.backends[0].key
     for _ in range(5):
@@ -452,9 +446,7 @@ def test_all_suspended_is_no_backend(any_cls: type[BaseScheduler], clock: FakeCl
     assert sched.pick(client(1)).key in sched.group
 
 
-def test_trial_success_ramps_with_slow_start(
-    ramped: type[BaseScheduler], clock: FakeClock
-) -> None:
+def test_trial_success_ramps_with_slow_start(ramped: type[BaseScheduler], clock: FakeClock) -> None:
     sched = ramped(
         BackendGroup(backends(10, 10)),
         slow_start=SLOW,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy_harness import TIMEOUT, Backend, ProxyProcess, read_reply, rss_kib, send
+from proxy_harness import TIMEOUT, Backend, ProxyProcess, Received, ok, read_reply, rss_kib, send
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -456,3 +456,39 @@ def test_health_check_options_are_validated(tmp_path: Path) -> None:
         assert done.returncode == 2, args
         assert message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_backend_connections_are_kept_alive_and_stale_ones_retried(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    kept, silent = backends[0], backends[1]
+    kept.keep_alive = True
+
+    def close_without_saying(request: Received, sock: socket.socket) -> None:
+        ok(request, sock, "b", close=False)  # keep-alive implied, then the socket is closed
+
+    silent.respond = close_without_saying
+    proxy = _start(tmp_path, f"--backend=127.0.0.1:{kept.port}")
+    try:
+        for _ in range(10):
+            assert send(proxy.port, GET, probe=False).responses[-1].body == b"a"
+        assert len(kept.received) == 10
+        assert kept.connections < 10  # reused
+    finally:
+        assert proxy.stop() == 0
+    proxy = _start(tmp_path, f"--backend=127.0.0.1:{silent.port}", "--max-fails", "1")
+    try:
+        replies = [send(proxy.port, GET, probe=False) for _ in range(20)]
+        assert [r.status for r in replies] == [200] * 20
+        assert "failed" not in proxy.log_text()  # a stale pooled connection is no failure
+    finally:
+        assert proxy.stop() == 0
+    proxy = _start(tmp_path, f"--backend=127.0.0.1:{kept.port}", "--upstream-keepalive", "0")
+    try:
+        before = kept.connections
+        for _ in range(3):
+            assert send(proxy.port, GET, probe=False).status == 200
+        assert kept.connections == before + 3
+        assert kept.received[-1].header(b"connection") == [b"close"]
+    finally:
+        assert proxy.stop() == 0

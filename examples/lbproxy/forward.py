@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import h11
 
-from lbalgo import Lease, NoBackendAvailable, Scheduler, attempts
+from lbalgo import Lease, NoBackendAvailable, Scheduler
 
 from .framing import (
     MAX_HEAD,
@@ -21,10 +21,13 @@ from .framing import (
     error_response,
     head_end,
 )
+from .pool import READ_SIZE, Pool, Upstream
 
 log = logging.getLogger("lbproxy")
 
-READ_SIZE = 64 * 1024  # bytes per socket read
+# a client that closes while its response is awaited is noticed after this long (seconds):
+# watching costs a task, which most requests, answered sooner, then never pay for
+WATCH_AFTER = 0.25
 BODY_BUFFER = 64 * 1024  # request body bytes read before a backend is picked
 MAX_INTERIM = 32  # 1xx responses relayed per request before the backend is deemed broken
 # as nginx's proxy_next_upstream: once sent, these are not sent again to another backend
@@ -58,22 +61,6 @@ class BackendError(Exception):
         self.status = status
 
 
-class Upstream:
-    """One connection to a backend, carrying one request (``Connection: close``)."""
-
-    __slots__ = ("conn", "pending", "reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-        self.pending = bytearray()  # response bytes not yet given to h11 (heads in progress)
-
-    def close(self) -> None:
-        # abort, not close: nothing more is owed to a backend we are done with
-        self.writer.transport.abort()
-
-
 class ClientConnection:
     """Serves one client connection until it closes, errs, idles out or the proxy stops."""
 
@@ -93,24 +80,40 @@ class ClientConnection:
         self.idle = True  # waiting for a request's first byte: a stopping proxy may close it
         self.gone = False  # set by watch() when the client closes while a response is awaited
         self.upstream: Upstream | None = None  # aborted by watch() when the client leaves
+        self.watcher: asyncio.Task[None] | None = None
+        self.out: list[bytes] = []  # framed bytes for the client, not yet written
+        self.answered = False  # a final response head was written: no error answer now
+        self.queued = 0  # their size
 
-    async def send(self, *events: h11.Event) -> None:
-        """Write events to the client and wait (bounded) until its socket takes them: a
-        client that does not read stalls the backend's relay, not the proxy's memory."""
+    def queue(self, event: h11.Event) -> None:
+        """Frame an event for the client; it is written by the next :meth:`flush`."""
+        data = self.conn.send(event)
+        if data:
+            self.out.append(data)
+            self.queued += len(data)
+
+    async def flush(self) -> None:
+        """Write what is queued (one system call) and wait, bounded, until the client's socket
+        takes it: a client that does not read stalls the relay, not the proxy's memory."""
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.queued = 0
+            self.answered = self.conn.our_state is not h11.SEND_RESPONSE
         try:
-            for event in events:
-                data = self.conn.send(event)
-                if data:
-                    self.writer.write(data)
             async with asyncio.timeout(self.proxy.limits.read):
                 await self.writer.drain()
         except (ConnectionError, TimeoutError) as error:
             raise ClientGone(f"writing: {error!r}") from None
 
+    async def send(self, event: h11.Event) -> None:
+        self.queue(event)
+        await self.flush()
+
     async def answer_error(self, status: int, *, keep_alive: bool) -> bool:
         """Answer ``status`` from the proxy itself, if no response has started; return
         whether the connection can carry another request."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.answered:
             return False  # a response is under way: closing is the only signal left
         keep = keep_alive and not self.proxy.stopping and self.conn.their_state is h11.DONE
         self.writer.write(error_response(status, close=not keep))
@@ -134,6 +137,7 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         limits = self.proxy.limits
         self.idle = not self.pending
+        self.answered = False
         deadline = loop.time() + (limits.idle if self.idle else limits.head)
         while True:
             # RFC 9112 2.2: a server should ignore empty lines before a request line
@@ -210,6 +214,17 @@ class ClientConnection:
                     return
                 self.pending += data
 
+    def start_watching(self) -> None:
+        if self.watcher is None and self.upstream is not None:
+            self.watcher = asyncio.get_running_loop().create_task(self.watch())
+
+    async def stop_watching(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
     async def serve(self) -> None:
         """Serve requests until the connection ends. Raises nothing but cancellation."""
         try:
@@ -253,9 +268,12 @@ class ClientConnection:
 class Proxy:
     """Forwards each client request to the backend ``scheduler`` picks for it."""
 
-    def __init__(self, scheduler: Scheduler, limits: Limits | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler, limits: Limits | None = None, pool: Pool | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.limits = limits or Limits()
+        self.pool = pool or Pool(max_idle=0, idle_timeout=1.0)
         self.stopping = False  # set by a graceful stop: responses then carry Connection: close
 
     async def forward(
@@ -270,37 +288,40 @@ class Proxy:
         the response is relayed, else the status (502/503/504) the client is owed."""
         replayable = complete and request.method not in NON_IDEMPOTENT
         status = 502
-        try:
-            for lease in attempts(self.scheduler, client.client, tries=len(self.scheduler.group)):
-                try:
-                    await self.exchange(
-                        lease, client, request, body, complete, replayable, deadline
-                    )
-                except BackendError as error:
-                    lease.fail()  # only the backend's own failures count against it
-                    log.warning(
-                        "backend %s failed %s %s: %s",
-                        lease.backend.key,
-                        request.method.decode(),
-                        request.target[:200].decode("latin-1"),
-                        error,
-                    )
-                    if not error.status:
-                        raise ClientGone("the response was cut short") from None
-                    status = error.status
-                    if error.retryable:
-                        continue
-                    return status
-                except BaseException:
-                    # the client's malformed body, the client leaving, cancellation: none is
-                    # the backend's failure
-                    lease.release()
-                    raise
+        tried: list[str] = []  # as lbalgo.attempts(), written out: no check per request
+        for _ in range(len(self.scheduler.group)):
+            try:
+                lease = self.scheduler.connection(client.client, exclude=tried)
+            except NoBackendAvailable as error:
+                if tried:
+                    break  # every eligible backend was tried
+                log.warning("no backend for %s: %s", request.target[:200].decode("latin-1"), error)
+                return 503
+            tried.append(lease.backend.key)
+            try:
+                await self.exchange(lease, client, request, body, complete, replayable, deadline)
+            except BackendError as error:
+                lease.fail()  # only the backend's own failures count against it
+                log.warning(
+                    "backend %s failed %s %s: %s",
+                    lease.backend.key,
+                    request.method.decode(),
+                    request.target[:200].decode("latin-1"),
+                    error,
+                )
+                if not error.status:
+                    raise ClientGone("the response was cut short") from None
+                status = error.status
+                if error.retryable:
+                    continue
+                return status
+            except BaseException:
+                # the client's malformed body, the client leaving, cancellation: none is
+                # the backend's failure
                 lease.release()
-                return 0
-        except NoBackendAvailable as error:
-            log.warning("no backend for %s: %s", request.target[:200].decode("latin-1"), error)
-            return 503
+                raise
+            lease.release()
+            return 0
         return status
 
     async def exchange(
@@ -314,28 +335,36 @@ class Proxy:
         deadline: float,
     ) -> None:
         backend = lease.backend
-        try:
-            async with asyncio.timeout(self.limits.connect):
-                reader, writer = await asyncio.open_connection(
-                    backend.host, backend.port, limit=READ_SIZE
+        # a pooled connection only for a request that can be sent again: the backend may have
+        # closed it just now, and then the request goes once more on a new connection
+        for reuse in (replayable, False):
+            try:
+                upstream = await self.pool.connect(backend, self.limits.connect, reuse=reuse)
+            except (OSError, TimeoutError) as error:
+                raise BackendError(f"connect: {error!r}", retryable=True) from None
+            try:
+                await self.send_request(
+                    upstream, client, request, body, complete, replayable, deadline
                 )
-        except (OSError, TimeoutError) as error:
-            raise BackendError(f"connect: {error!r}", retryable=True) from None
-        upstream = Upstream(reader, writer)
-        watcher: asyncio.Task[None] | None = None
-        try:
-            await self.send_request(upstream, client, request, body, complete, replayable, deadline)
-            # the whole request is in: from now on a client that closes ends the exchange
-            client.upstream = upstream
-            watcher = asyncio.get_running_loop().create_task(client.watch())
-            await self.relay_response(upstream, client, request, replayable)
-        finally:
-            client.upstream = None
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            upstream.close()
+                # the whole request is in: from now on a client that closes ends the exchange
+                client.upstream = upstream
+                timer = asyncio.get_running_loop().call_later(WATCH_AFTER, client.start_watching)
+                try:
+                    await self.relay_response(upstream, client, request, replayable)
+                finally:
+                    timer.cancel()
+                    client.upstream = None
+                    await client.stop_watching()
+            except BackendError as error:
+                upstream.close()
+                if upstream.reused and not upstream.received and error.status != 504:
+                    continue  # a stale kept-alive connection: not the backend's failure
+                raise
+            except BaseException:
+                upstream.close()
+                raise
+            self.pool.give_back(backend, upstream)
+            return
 
     async def send_request(
         self,
@@ -355,7 +384,8 @@ class Proxy:
             fields = [(k, v) for k, v in fields if k != b"x-forwarded-for"]
             fields.append((b"x-forwarded-for", b", ".join(chain)))
         fields += request.framing
-        fields.append((b"connection", b"close"))  # one upstream connection per request
+        if not self.pool.max_idle:
+            fields.append((b"connection", b"close"))  # one upstream connection per request
         conn = upstream.conn
         head = h11.Request(method=request.method, target=request.target, headers=fields)
         out = [conn.send(head), *(conn.send(h11.Data(data=piece)) for piece in body)]
@@ -399,6 +429,7 @@ class Proxy:
             if end:
                 break
             data = await self._read_upstream(upstream, "waiting for the response", retryable)
+            upstream.received = True
             if not data:
                 why = "inside a response head" if pending else "without a response"
                 raise BackendError(f"closed {why}", retryable=retryable and not pending)
@@ -445,27 +476,40 @@ class Proxy:
                 )
         if self.stopping:
             fields.append((b"connection", b"close"))
-        await client.send(
+        client.queue(
             h11.Response(status_code=event.status_code, headers=fields, reason=event.reason)
         )
-        # the body: each piece is written and drained before the next is read (backpressure)
+        # The body. Whatever has arrived is written with the head in one system call; each
+        # write is drained before the next read (backpressure).
         conn = upstream.conn
+        flushed = False
         while True:
             try:
                 body_event = conn.next_event()
                 if body_event is h11.NEED_DATA:
+                    await client.flush()
+                    flushed = True
                     conn.receive_data(await self._read_upstream(upstream, "in the body", False))
                     continue
             except (h11.RemoteProtocolError, BackendError) as error:
                 if client.gone:
                     raise ClientGone("while the response body was relayed") from None
+                if not flushed:  # nothing reached the client yet: it can still get a 502
+                    client.out.clear()
+                    raise BackendError(
+                        f"malformed response body: {error}", retryable=False
+                    ) from None
                 # too late for a 502: the client has the head; dropping its connection is the
                 # only way left to tell it the body is incomplete (status 0)
                 raise BackendError(f"response body: {error}", retryable=False, status=0) from None
             if isinstance(body_event, h11.Data):
-                await client.send(body_event)
+                client.queue(body_event)
+                if client.queued >= READ_SIZE:
+                    await client.flush()
+                    flushed = True
             elif isinstance(body_event, h11.EndOfMessage):
-                await client.send(h11.EndOfMessage())
+                client.queue(h11.EndOfMessage())
+                await client.flush()
                 return
             else:
                 raise ClientGone(f"backend sent {type(body_event).__name__} inside a body")

@@ -31,6 +31,7 @@ from lbalgo.health import HealthChecker
 
 from .forward import ClientConnection, Limits, Proxy
 from .framing import error_response
+from .pool import Pool
 
 log = logging.getLogger("lbproxy")
 
@@ -183,7 +184,8 @@ async def serve(
         body=args.body_timeout,
         idle=args.idle_timeout,
     )
-    proxy = Proxy(scheduler, limits)
+    pool = Pool(args.upstream_keepalive, args.upstream_idle_timeout)
+    proxy = Proxy(scheduler, limits, pool)
     server = Server(proxy, max_connections=args.max_connections, config=args.config)
     host, port = args.listen
     listener = await asyncio.start_server(server.handle, host, port, backlog=1024)
@@ -203,14 +205,24 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, server.reload)
     if checker is not None:
         await checker.start()  # it follows update(): reloaded backends are probed too
+    sweeper = loop.create_task(sweep(pool))
     try:
         await stop.wait()
         log.warning("stopping: %d connections open", len(server.connections))
         listener.close()  # no new connections from here on
         await server.stop(args.shutdown_timeout)
     finally:
+        sweeper.cancel()
+        pool.close()
         if checker is not None:
             await checker.stop()
+
+
+async def sweep(pool: Pool) -> None:
+    """Close idle backend connections past their time, once a second."""
+    while True:
+        await asyncio.sleep(1.0)
+        pool.sweep()
 
 
 def parse_backend(spec: str) -> Backend:
@@ -351,6 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="client connections served at once; more are answered 503 (default 1024)",
     )
+    add(
+        "--upstream-keepalive",
+        type=int,
+        default=32,
+        metavar="N",
+        help="idle connections kept open per backend (0: one connection per request)",
+    )
+    add(
+        "--upstream-idle-timeout",
+        type=parse_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="close a kept backend connection idle this long; keep it below the "
+        "backends' own keep-alive timeout (default 2)",
+    )
     add("--no-uvloop", action="store_true", help="use asyncio's own event loop")
     add("-v", "--verbose", action="store_true", help="log every refused request and retry")
     return parser
@@ -361,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.backend) == bool(args.config):
         parser.error("give either --backend (one or more) or --config FILE")
+    if args.upstream_keepalive < 0:
+        parser.error(f"--upstream-keepalive must be 0 or more, got {args.upstream_keepalive}")
     if args.compat and args.algorithm == "swrr":
         parser.error("--compat applies to source-ip-hash and wlc (swrr always picks as nginx)")
     try:
