@@ -496,3 +496,18 @@ def test_source_ip_hash_client_moves_only_when_its_backend_dies(
         after.append(_name(body))
     assert len(set(after)) == 1  # and the client settles on one new backend
     assert after[0] != dead.name
+
+
+def test_source_ip_hash_nginx_compat_places_clients_as_nginx(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "source-ip-hash", backends, [2, 1, 1], "--compat", "nginx")
+    group = BackendGroup(
+        Backend("127.0.0.1", b.port, w) for b, w in zip(backends, [2, 1, 1], strict=True)
+    )
+    nginx_like = SourceIPHash(group, compat="nginx")
+    by_port = {b.port: b.name for b in backends}
+    for last in range(1, 9):
+        source = f"127.0.0.{last}"
+        expected = by_port[nginx_like.pick(source).port]
+        assert _name(proxy.request(source=source)[2]) == expected, source

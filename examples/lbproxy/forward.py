@@ -429,10 +429,10 @@ class Proxy:
             if end:
                 break
             data = await self._read_upstream(upstream, "waiting for the response", retryable)
-            upstream.received = True
             if not data:
                 why = "inside a response head" if pending else "without a response"
                 raise BackendError(f"closed {why}", retryable=retryable and not pending)
+            upstream.received = True
             pending += data
         conn = upstream.conn
         conn.receive_data(bytes(pending[:end]))
