@@ -83,6 +83,7 @@ class ClientConnection:
         self.watcher: asyncio.Task[None] | None = None
         self.out: list[bytes] = []  # framed bytes for the client, not yet written
         self.answered = False  # a final response head was written: no error answer now
+        self.linger = False  # an error answer was sent: close without losing it
         self.queued = 0  # their size
 
     def queue(self, event: h11.Event) -> None:
@@ -117,6 +118,7 @@ class ClientConnection:
             return False  # a response is under way: closing is the only signal left
         keep = keep_alive and not self.proxy.stopping and self.conn.their_state is h11.DONE
         self.writer.write(error_response(status, close=not keep))
+        self.linger = not keep
         try:
             async with asyncio.timeout(self.proxy.limits.read):
                 await self.writer.drain()

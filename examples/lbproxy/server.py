@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import signal
-import socket
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -73,6 +72,20 @@ def client_address(writer: asyncio.StreamWriter) -> str | None:
         return None
 
 
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close after an error answer without losing it: closing a socket with unread input
+    sends a reset, which can destroy the answer before the client reads it. So: end our side,
+    then read and drop what the client still sends, for at most a second and 64 KiB (nginx's
+    lingering close)."""
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(1.0):
+            dropped = 0
+            while dropped < 65536 and (data := await reader.read(65536)):
+                dropped += len(data)
+
+
 class Server:
     """Accepts clients (at most ``max_connections`` at once), reloads, stops gracefully."""
 
@@ -81,7 +94,6 @@ class Server:
         self.max_connections = max_connections
         self.config = config
         self.connections: dict[asyncio.Task[None], ClientConnection] = {}
-        self.stopped = asyncio.Event()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -91,10 +103,6 @@ class Server:
             writer.write(BUSY)
             writer.close()
             return
-        sock = writer.get_extra_info("socket")
-        if sock is not None:  # small responses go out at once, not after Nagle's delay
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = ClientConnection(self.proxy, reader, writer, client_address(writer))
         self.connections[task] = connection
         try:
@@ -105,7 +113,12 @@ class Server:
             log.exception("client %s: unexpected error", connection.client)
         finally:
             del self.connections[task]
-            writer.transport.abort() if connection.gone else writer.close()
+            if connection.linger and not self.proxy.stopping:
+                await linger(reader, writer)
+            if connection.gone:
+                writer.transport.abort()
+            else:
+                writer.close()
 
     def reload(self) -> None:
         """Re-read ``--config`` and apply it with ``update()``: state carries over by key, a
