@@ -137,8 +137,22 @@ class Contender:
                 self.process.wait(10)
 
 
-def contenders(workdir: Path, backends: Backends) -> Iterator[Contender]:
+def contenders(
+    workdir: Path, backends: Backends, baseline: Path | None = None
+) -> Iterator[Contender]:
     pairs = list(zip(backends.ports, WEIGHTS, strict=True))
+    if baseline is not None:  # another version of the example, e.g. before a change
+        port = free_port()
+        command = [
+            sys.executable,
+            str(baseline),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--algorithm",
+            "swrr",
+            *(f"--backend=127.0.0.1:{p}={w}" for p, w in pairs),
+        ]
+        yield Contender(f"baseline: {baseline.name}", port, command)
     for loop in ("uvloop", "asyncio"):
         port = free_port()
         command = [
@@ -292,6 +306,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", default="1,50", help="comma-separated concurrencies")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "proxy-benchmark.md")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another copy of examples/proxy.py to run side by side (e.g. an older version)",
+    )
     args = parser.parse_args()
     if not shutil.which("nginx"):
         print("benchmarks/proxy.py needs nginx for its backends (apt-get install nginx-light)")
@@ -302,7 +321,7 @@ def main() -> int:
         workdir = Path(tmp)
         runs: dict[tuple[str, int], list[Run]] = {}
         split: dict[str, list[int]] = {}
-        all_contenders = list(contenders(workdir, backends))
+        all_contenders = list(contenders(workdir, backends, args.baseline))
         for c in all_contenders:
             c.start()
         try:

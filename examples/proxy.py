@@ -16,10 +16,10 @@ What it does:
 - one ``lbalgo`` pick per request, held as a lease for exactly as long as the request and
   its response are in flight, released on every path (the client or the backend leaving,
   timeouts, errors, a stop);
-- HTTP/1.1 parsed by h11 on both sides and re-serialised, never copied raw; every request
-  smuggling and response splitting shape refused (400 to a client, 502 for a backend's
-  malformed response) and that connection closed;
-- retries on another backend with :func:`lbalgo.attempts` while that is safe; only the
+- HTTP/1.1 parsed by h11 on both sides and written out again from the checked parts, never
+  copied raw; every request smuggling and response splitting shape refused (400 to a client,
+  502 for a backend's malformed response) and that connection closed;
+- retries on another backend (``lbalgo.attempts``'s rule) while that is safe; only the
   backend's own failures (refused, reset, timed out, malformed response) count against it in
   passive health, never a client's malformed request;
 - every wait bounded (connect, each read and write, a whole request head, a whole request
@@ -28,8 +28,7 @@ What it does:
   ``lbalgo.health``; SIGTERM stops within ``--shutdown-timeout``;
 - 502/503/504 bodies name no backend; the log lines next to them do.
 
-Not included: TLS, HTTP/2, ``Upgrade``/WebSocket, upstream keep-alive (one backend
-connection per request, as nginx without ``keepalive``).
+Not included: TLS, HTTP/2, ``Upgrade``/WebSocket.
 """
 
 from __future__ import annotations

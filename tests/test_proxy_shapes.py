@@ -406,3 +406,49 @@ def test_malformed_response_body_cuts_the_client_connection(
     assert not reply.complete
     assert reply.closed
     proxy.wait_log("response body", count=failures + 1)
+
+
+def test_head_response_keeps_its_length_and_has_no_body(
+    scripted: tuple[Backend, ProxyProcess],
+) -> None:
+    backend, proxy = scripted
+    backend.respond = raw(OK_HEAD + b"Content-Length: 100\r\nX-MiXed-Case: 1\r\n\r\n")
+    reply = send(proxy.port, b"HEAD / HTTP/1.1\r\nHost: t\r\nX-CaSe: 2\r\n\r\n", method=b"HEAD")
+    assert reply.status == 200
+    assert reply.responses[-1].header(b"content-length") == [b"100"]
+    assert reply.responses[-1].body == b""
+    assert reply.complete
+    assert not reply.closed
+    assert b"X-MiXed-Case: 1\r\n" in reply.raw  # field names keep the sender's spelling
+    assert backend.received[-1].method == b"HEAD"
+    assert b"X-CaSe: 2\r\n" in backend.received[-1].raw
+
+
+def test_http10_client_gets_a_chunked_response_unchunked(
+    scripted: tuple[Backend, ProxyProcess],
+) -> None:
+    backend, proxy = scripted
+    backend.respond = raw(
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n1\r\n!\r\n0\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Transfer-Encoding" not in head
+    assert b"Connection: close" in head
+    assert body == b"ok!"  # the end of the body is the end of the connection
+
+
+def test_no_content_and_not_modified_have_no_body(scripted: tuple[Backend, ProxyProcess]) -> None:
+    backend, proxy = scripted
+    for status in (204, 304):
+        backend.respond = raw(b"HTTP/1.1 %d X\r\n\r\n" % status)
+        reply = send(proxy.port, GET + b"\r\n")
+        assert reply.status == status
+        assert reply.complete
+        assert not reply.closed
+        assert reply.responses[-1].header(b"transfer-encoding") == []

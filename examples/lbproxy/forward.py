@@ -14,12 +14,16 @@ import h11
 from lbalgo import Lease, NoBackendAvailable, Scheduler
 
 from .framing import (
+    CONTINUE,
+    LAST_CHUNK,
     MAX_HEAD,
     ProtocolError,
     Request,
-    check_response,
+    ResponseHead,
+    chunk,
     error_response,
     head_end,
+    serialize,
 )
 from .pool import READ_SIZE, Pool, Upstream
 
@@ -32,6 +36,16 @@ BODY_BUFFER = 64 * 1024  # request body bytes read before a backend is picked
 MAX_INTERIM = 32  # 1xx responses relayed per request before the backend is deemed broken
 # as nginx's proxy_next_upstream: once sent, these are not sent again to another backend
 NON_IDEMPOTENT = frozenset({b"POST", b"LOCK", b"PATCH"})
+
+
+# h11 parses a backend's response only once it has seen a request go out; the request itself
+# is written by serialize(), so h11 is given a stand-in with the same response framing (a
+# HEAD response has no body) and no body. Built once: h11 events are immutable.
+_STAND_IN = {
+    head: h11.Request(method=b"HEAD" if head else b"GET", target=b"/", headers=[(b"host", b"-")])
+    for head in (False, True)
+}
+_END = h11.EndOfMessage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +97,17 @@ class ClientConnection:
         self.watcher: asyncio.Task[None] | None = None
         self.out: list[bytes] = []  # framed bytes for the client, not yet written
         self.answered = False  # a final response head was written: no error answer now
+        self.head_queued = False  # a final response head is queued
+        self.keep_alive = False  # the response relayed lets the connection carry another
+        self.chunked = False  # the response body is chunked for the client
+        self.head_only = False  # the response has no body (HEAD, 204, 304)
         self.linger = False  # an error answer was sent: close without losing it
         self.queued = 0  # their size
 
-    def queue(self, event: h11.Event) -> None:
-        """Frame an event for the client; it is written by the next :meth:`flush`."""
-        data = self.conn.send(event)
-        if data:
-            self.out.append(data)
-            self.queued += len(data)
+    def queue(self, data: bytes) -> None:
+        """Bytes for the client, written by the next :meth:`flush`."""
+        self.out.append(data)
+        self.queued += len(data)
 
     async def flush(self) -> None:
         """Write what is queued (one system call) and wait, bounded, until the client's socket
@@ -100,16 +116,12 @@ class ClientConnection:
             self.writer.write(b"".join(self.out))
             self.out.clear()
             self.queued = 0
-            self.answered = self.conn.our_state is not h11.SEND_RESPONSE
+            self.answered = self.head_queued
         try:
             async with asyncio.timeout(self.proxy.limits.read):
                 await self.writer.drain()
         except (ConnectionError, TimeoutError) as error:
             raise ClientGone(f"writing: {error!r}") from None
-
-    async def send(self, event: h11.Event) -> None:
-        self.queue(event)
-        await self.flush()
 
     async def answer_error(self, status: int, *, keep_alive: bool) -> bool:
         """Answer ``status`` from the proxy itself, if no response has started; return
@@ -139,7 +151,7 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         limits = self.proxy.limits
         self.idle = not self.pending
-        self.answered = False
+        self.answered = self.head_queued = self.keep_alive = False
         deadline = loop.time() + (limits.idle if self.idle else limits.head)
         while True:
             # RFC 9112 2.2: a server should ignore empty lines before a request line
@@ -249,9 +261,8 @@ class ClientConnection:
             return False
         proxy = self.proxy
         if request.expects_continue and self.conn.they_are_waiting_for_100_continue:
-            await self.send(
-                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-            )
+            self.queue(CONTINUE)
+            await self.flush()
         # Read a small body whole before picking a backend (nginx's request buffering): a slow
         # client then holds no lease, and the request can be retried on another backend.
         deadline = asyncio.get_running_loop().time() + proxy.limits.body
@@ -264,7 +275,7 @@ class ClientConnection:
             return False
         if status:
             return await self.answer_error(status, keep_alive=request.keep_alive)
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        return self.keep_alive
 
 
 class Proxy:
@@ -378,34 +389,36 @@ class Proxy:
         replayable: bool,
         deadline: float,
     ) -> None:
-        fields = [(b"host", request.host or upstream_host(upstream)), *request.head_fields]
-        chain = [v for k, v in fields if k == b"x-forwarded-for"]
+        fields = [(b"Host", request.host or upstream_host(upstream)), *request.head_fields]
+        chain = request.forwarded_for
         if client.client:
-            chain.append(client.client.encode())
+            chain = [*chain, client.client.encode()]
         if chain:
-            fields = [(k, v) for k, v in fields if k != b"x-forwarded-for"]
-            fields.append((b"x-forwarded-for", b", ".join(chain)))
+            fields.append((b"X-Forwarded-For", b", ".join(chain)))
         fields += request.framing
         if not self.pool.max_idle:
-            fields.append((b"connection", b"close"))  # one upstream connection per request
+            fields.append((b"Connection", b"close"))  # one upstream connection per request
         conn = upstream.conn
-        head = h11.Request(method=request.method, target=request.target, headers=fields)
-        out = [conn.send(head), *(conn.send(h11.Data(data=piece)) for piece in body)]
-        if complete:
-            out.append(conn.send(h11.EndOfMessage()))
+        conn.send(_STAND_IN[request.method == b"HEAD"])
+        conn.send(_END)
+        chunked = request.chunked
+        start = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
+        out = [serialize(start, fields), *(chunk(p) if chunked else p for p in body if p)]
+        if complete and chunked:
+            out.append(LAST_CHUNK)
         await self._write_upstream(upstream, out, replayable)
         while not complete:  # a large body: relay the rest as it streams, with backpressure
             pieces, complete = await client.read_body(deadline, READ_SIZE)
-            out = [conn.send(h11.Data(data=piece)) for piece in pieces]
-            if complete:
-                out.append(conn.send(h11.EndOfMessage()))
+            out = [chunk(p) if chunked else p for p in pieces if p]
+            if complete and chunked:
+                out.append(LAST_CHUNK)
             await self._write_upstream(upstream, out, False)
 
     async def _write_upstream(
-        self, upstream: Upstream, out: Sequence[bytes | None], replayable: bool
+        self, upstream: Upstream, out: Sequence[bytes], replayable: bool
     ) -> None:
         try:
-            upstream.writer.write(b"".join(piece for piece in out if piece))
+            upstream.writer.write(b"".join(out))
             async with asyncio.timeout(self.limits.read):
                 await upstream.writer.drain()
         except (ConnectionError, TimeoutError) as error:
@@ -454,7 +467,7 @@ class Proxy:
         while True:
             try:
                 event = await self._response_head(upstream, replayable and not interim)
-                fields = check_response(event)
+                head = ResponseHead(event)
             except (h11.RemoteProtocolError, ProtocolError) as error:
                 if client.gone:
                     raise ClientGone("while the response head was read") from None
@@ -470,20 +483,16 @@ class Proxy:
                 raise BackendError(f"more than {MAX_INTERIM} interim responses", retryable=False)
             # the proxy answered Expect itself and does not forward it, so a 100 is not owed;
             # an HTTP/1.0 client must get no 1xx at all (RFC 9110 15.2)
-            if event.status_code != 100 and request.version == b"1.1":
-                await client.send(
-                    h11.InformationalResponse(
-                        status_code=event.status_code, headers=fields, reason=event.reason
-                    )
+            if head.status != 100 and request.version == b"1.1":
+                client.queue(
+                    serialize(b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason), head.fields)
                 )
-        if self.stopping:
-            fields.append((b"connection", b"close"))
-        client.queue(
-            h11.Response(status_code=event.status_code, headers=fields, reason=event.reason)
-        )
+                await client.flush()
+        self._queue_head(client, request, head)
         # The body. Whatever has arrived is written with the head in one system call; each
         # write is drained before the next read (backpressure).
         conn = upstream.conn
+        chunked = client.chunked
         flushed = False
         while True:
             try:
@@ -498,6 +507,7 @@ class Proxy:
                     raise ClientGone("while the response body was relayed") from None
                 if not flushed:  # nothing reached the client yet: it can still get a 502
                     client.out.clear()
+                    client.head_queued = False
                     raise BackendError(
                         f"malformed response body: {error}", retryable=False
                     ) from None
@@ -505,16 +515,42 @@ class Proxy:
                 # only way left to tell it the body is incomplete (status 0)
                 raise BackendError(f"response body: {error}", retryable=False, status=0) from None
             if isinstance(body_event, h11.Data):
-                client.queue(body_event)
+                if client.head_only:
+                    continue  # h11 gives none for HEAD, 204, 304: belt and braces
+                client.queue(chunk(body_event.data) if chunked else body_event.data)
                 if client.queued >= READ_SIZE:
                     await client.flush()
                     flushed = True
             elif isinstance(body_event, h11.EndOfMessage):
-                client.queue(h11.EndOfMessage())
+                if chunked:
+                    client.queue(LAST_CHUNK)  # trailer fields are dropped, as nginx does
                 await client.flush()
                 return
             else:
                 raise ClientGone(f"backend sent {type(body_event).__name__} inside a body")
+
+    def _queue_head(self, client: ClientConnection, request: Request, head: ResponseHead) -> None:
+        """Queue the final response head for the client, framed for it: Content-Length kept,
+        a chunked body or one that ends at the backend's close re-chunked for an HTTP/1.1
+        client (so its connection stays open), sent as is and then closed for HTTP/1.0."""
+        fields = head.fields
+        head_only = request.method == b"HEAD" or head.status in (204, 304)
+        keep = request.keep_alive and not self.stopping
+        chunked = False
+        if head.mode == "chunked" or (head.mode == "close" and not head_only):
+            if request.version == b"1.1":
+                fields.append((b"Transfer-Encoding", b"chunked"))
+                chunked = not head_only
+            else:
+                keep = False
+        if not keep:
+            fields.append((b"Connection", b"close"))
+        status = b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason)
+        client.queue(serialize(status, fields))
+        client.head_queued = True
+        client.keep_alive = keep
+        client.chunked = chunked
+        client.head_only = head_only
 
 
 def upstream_host(upstream: Upstream) -> bytes:

@@ -13,14 +13,15 @@ make the proxy and the backend see different messages: request smuggling, respon
 - an empty or malformed ``Host``; versions other than 1.0 and 1.1; status codes over 599;
 - any number of header fields within the head size.
 
-Every message is re-serialised by h11 on its way out, never copied as raw bytes, so what the
-backend (or the client) reads is exactly the message the proxy checked.
+Every message is written out again from the parts h11 parsed and this module checked, never
+copied as raw bytes, so what the backend (or the client) reads is exactly the message the
+proxy checked.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from typing import Protocol
 
 import h11
 
@@ -85,52 +86,75 @@ def head_end(buffer: bytearray) -> int:
     return end + 4
 
 
-def _framing(
-    headers: Sequence[tuple[bytes, bytes]], version: bytes
-) -> tuple[Headers, Headers, bool]:
-    """Split a parsed head into (framing fields to pass to h11, end-to-end fields, whether
-    ``Connection: close`` was sent).
+class _RawItems(Protocol):
+    """h11's parsed headers (their type is private to h11)."""
+
+    def raw_items(self) -> list[tuple[bytes, bytes]]: ...
+
+
+class _Fields:
+    """A parsed head split up: ``framing`` (the Content-Length or Transfer-Encoding field,
+    lower-case name), ``kept`` (end-to-end fields with their names as sent), ``taken`` (the
+    values of the fields named in ``take``, which the proxy rewrites), ``close``.
 
     Raises on the framing shapes h11 lets through. h11 has already refused a Transfer-Encoding
     other than ``chunked``, a malformed or conflicting Content-Length, and merged equal copies.
     """
-    if len(headers) > MAX_HEADERS:
-        raise ProtocolError(f"more than {MAX_HEADERS} header fields", 431)
-    framing: Headers = []
-    kept: Headers = []
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name in HOP_BY_HOP:
-            if name == b"content-length" or name == b"transfer-encoding":
-                framing.append((name, value))
-            elif name == b"connection":
-                named.update(t.strip().lower() for t in value.split(b","))
-        else:
-            kept.append((name, value))
-    if len(framing) > 1:
-        raise ProtocolError("both Transfer-Encoding and Content-Length")
-    if framing and framing[0][0] == b"transfer-encoding" and version != b"1.1":
-        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
-    forbidden = named & _NEVER_NAMED
-    if forbidden:
-        raise ProtocolError(f"Connection names {sorted(forbidden)[0].decode()}")
-    close = b"close" in named
-    named.discard(b"close")
-    named.discard(b"keep-alive")
-    if named:  # fields the sender marked hop-by-hop for this hop only
-        kept = [(k, v) for k, v in kept if k not in named]
-    return framing, kept, close
+
+    __slots__ = ("close", "framing", "kept", "taken")
+
+    def __init__(self, headers: _RawItems, version: bytes, take: frozenset[bytes]) -> None:
+        raw = headers.raw_items()  # names as the sender wrote them: some peers care
+        if len(raw) > MAX_HEADERS:
+            raise ProtocolError(f"more than {MAX_HEADERS} header fields", 431)
+        framing: Headers = []
+        kept: list[tuple[bytes, bytes, bytes]] = []
+        taken: dict[bytes, list[bytes]] = {name: [] for name in take}
+        named: set[bytes] = set()
+        for name, value in raw:
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                if lower == b"content-length" or lower == b"transfer-encoding":
+                    framing.append((lower, value))
+                elif lower == b"connection":
+                    named.update(t.strip().lower() for t in value.split(b","))
+            elif lower in take:
+                taken[lower].append(value)
+            else:
+                kept.append((lower, name, value))
+        if len(framing) > 1:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if framing and framing[0][0] == b"transfer-encoding" and version != b"1.1":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
+        forbidden = named & _NEVER_NAMED
+        if forbidden:
+            raise ProtocolError(f"Connection names {sorted(forbidden)[0].decode()}")
+        self.close = b"close" in named
+        named.discard(b"close")
+        named.discard(b"keep-alive")
+        # fields the sender marked hop-by-hop (for this hop only) are dropped too
+        self.kept = [(name, value) for lower, name, value in kept if lower not in named]
+        self.framing = framing
+        self.taken = taken
+
+
+_REQUEST_TAKES = frozenset({b"host", b"expect", b"x-forwarded-for"})
+_RESPONSE_TAKES: frozenset[bytes] = frozenset()
 
 
 class Request:
     """A checked client request, ready to send upstream.
 
-    ``head_fields``: the end-to-end fields (hop-by-hop ones removed, Host first);
-    ``framing``: the Content-Length or Transfer-Encoding field, if the request has a body.
+    ``head_fields``: the end-to-end fields (hop-by-hop ones removed; Host, Expect and
+    X-Forwarded-For apart: the proxy writes its own); ``forwarded_for`` the client's own
+    X-Forwarded-For values; ``framing``: a ``Content-Length`` or ``Transfer-Encoding:
+    chunked`` field, if the request has a body.
     """
 
     __slots__ = (
+        "chunked",
         "expects_continue",
+        "forwarded_for",
         "framing",
         "head_fields",
         "host",
@@ -146,8 +170,8 @@ class Request:
         method, target = event.method, event.target
         if method == b"CONNECT":
             raise ProtocolError("CONNECT is not supported", 501)
-        framing, fields, close = _framing(event.headers, event.http_version)
-        hosts = [v for k, v in fields if k == b"host"]  # h11 refused two of them
+        fields = _Fields(event.headers, event.http_version, _REQUEST_TAKES)
+        hosts = fields.taken[b"host"]  # h11 refused two of them
         host = hosts[0] if hosts else None
         absolute = _ABSOLUTE.fullmatch(target)
         if absolute:
@@ -161,35 +185,67 @@ class Request:
             raise ProtocolError(f"Host {host[:64]!r}")
         if host is None and event.http_version == b"1.1":
             raise ProtocolError("no Host")
-        expect = [v for k, v in fields if k == b"expect"]
+        expect = fields.taken[b"expect"]
         if expect and [v.lower() for v in expect] != [b"100-continue"]:
             raise ProtocolError(f"Expect {b', '.join(expect)[:64]!r}", 417)
         self.method = method
+        self.target = target
         self.version = event.http_version
         # HTTP/1.0 keep-alive is not offered (as h11): 1.0 clients get one request each
-        self.keep_alive = event.http_version == b"1.1" and not close
-        self.target = target
+        self.keep_alive = event.http_version == b"1.1" and not fields.close
         self.host = host
-        self.framing = framing
-        self.expects_continue = bool(expect)
-        # Host first (RFC 9110 7.2); Expect is answered by the proxy itself
-        self.head_fields = [(k, v) for k, v in fields if k != b"host" and k != b"expect"]
+        self.expects_continue = bool(expect)  # answered by the proxy itself
+        self.forwarded_for = fields.taken[b"x-forwarded-for"]
+        self.head_fields = fields.kept
+        self.chunked = bool(fields.framing) and fields.framing[0][0] == b"transfer-encoding"
+        if self.chunked:
+            self.framing = [(b"Transfer-Encoding", b"chunked")]
+        elif fields.framing:
+            self.framing = [(b"Content-Length", fields.framing[0][1])]
+        else:
+            self.framing = []
 
 
-def check_response(event: h11.Response | h11.InformationalResponse) -> Headers:
-    """The fields of a backend response head to pass on (framing included), or 502."""
-    if event.http_version not in VERSIONS:
-        raise ProtocolError(f"HTTP version {event.http_version.decode()!r}", 502)
-    if event.status_code > 599:
-        raise ProtocolError(f"status {event.status_code}", 502)
-    try:
-        framing, fields, _ = _framing(event.headers, event.http_version)
-    except ProtocolError as error:
-        raise ProtocolError(str(error), 502) from None
-    if framing and framing[0][0] == b"transfer-encoding":
-        # h11 checked it is exactly "chunked"; it re-chunks the body for the client
-        return [*fields, (b"transfer-encoding", b"chunked")]
-    return fields + framing
+class ResponseHead:
+    """A checked backend response head: what to pass on, and how its body is framed
+    (``"length"``: Content-Length, ``"chunked"``, or ``"close"``: until the backend closes)."""
+
+    __slots__ = ("fields", "mode", "reason", "status")
+
+    def __init__(self, event: h11.Response | h11.InformationalResponse) -> None:
+        if event.http_version not in VERSIONS:
+            raise ProtocolError(f"HTTP version {event.http_version.decode()!r}", 502)
+        if event.status_code > 599:
+            raise ProtocolError(f"status {event.status_code}", 502)
+        try:
+            fields = _Fields(event.headers, event.http_version, _RESPONSE_TAKES)
+        except ProtocolError as error:
+            raise ProtocolError(str(error), 502) from None
+        self.status = event.status_code
+        self.reason = event.reason
+        self.fields = fields.kept
+        if not fields.framing:
+            self.mode = "close"
+        elif fields.framing[0][0] == b"transfer-encoding":  # h11 checked: exactly "chunked"
+            self.mode = "chunked"
+        else:
+            self.mode = "length"
+            self.fields.append((b"Content-Length", fields.framing[0][1]))
+
+
+def serialize(start: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
+    """A message head from checked parts (h11 parsed and validated every field, so writing
+    them out needs no second validation)."""
+    return start + b"".join([b"%s: %s\r\n" % field for field in fields]) + b"\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 REASONS = {
