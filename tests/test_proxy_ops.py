@@ -492,3 +492,15 @@ def test_backend_connections_are_kept_alive_and_stale_ones_retried(
         assert kept.received[-1].header(b"connection") == [b"close"]
     finally:
         assert proxy.stop() == 0
+
+
+def test_sighup_without_a_config_file_changes_nothing(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    proxy = _start(tmp_path, f"--backend=127.0.0.1:{backends[0].port}")
+    try:
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_log("no --config file to reload")
+        assert send(proxy.port, GET).responses[-1].body == b"a"
+    finally:
+        assert proxy.stop() == 0

@@ -309,6 +309,10 @@ BAD_RESPONSES = [
     BadResponse(
         "chunk-data-too-long", OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"
     ),
+    BadResponse(
+        "101-header-fields",
+        OK_HEAD + b"".join(b"X-%d: y\r\n" % i for i in range(100)) + b"Content-Length: 0\r\n\r\n",
+    ),
     BadResponse("huge-head", OK_HEAD + b"X-A: " + b"a" * 40_000 + b"\r\n\r\n"),
 ]
 

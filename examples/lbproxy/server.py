@@ -200,6 +200,13 @@ async def serve(
     pool = Pool(args.upstream_keepalive, args.upstream_idle_timeout)
     proxy = Proxy(scheduler, limits, pool)
     server = Server(proxy, max_connections=args.max_connections, config=args.config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # handlers first: a signal sent as soon as the proxy says it listens must find them
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     host, port = args.listen
     listener = await asyncio.start_server(server.handle, host, port, backlog=1024)
     bound = listener.sockets[0].getsockname()
@@ -210,12 +217,6 @@ async def serve(
         f"({args.algorithm} over {len(scheduler.group)} backends)",
         flush=True,
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, server.reload)
     if checker is not None:
         await checker.start()  # it follows update(): reloaded backends are probed too
     sweeper = loop.create_task(sweep(pool))
