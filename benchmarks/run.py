@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lbalgo.bench._core import Table
-from lbalgo.bench._report import MODULES, Section, markdown_report, run_suite
+from lbalgo.bench._report import MODULES, Section, better, markdown_report, run_suite
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -69,32 +69,50 @@ def _points(rows: Sequence[Sequence[object]], column: int) -> list[tuple[float, 
     return [(float(_number(row[0]) or 0), float(_number(row[column]) or 0)) for row in rows]
 
 
+Panel = tuple[str, str, str, Lines]  # title, x label, y label, lines
+
+
+def panels(table: Table) -> list[Panel]:
+    """The panels drawn for a table: its :func:`series`, split so that every panel reads in
+    one direction (all its lines better lower, or all better higher; see
+    ``lbalgo.bench._report.better``), the direction said in the title and on the y axis."""
+    metric, lines = series(table)
+    by_direction: dict[str, Lines] = {}
+    for name, points in lines:
+        by_direction.setdefault(better(metric or name), []).append((name, points))
+    out = []
+    for direction, group in by_direction.items():
+        arrow = "↓" if direction == "lower" else "↑"
+        ylabel = f"{metric} ({direction} is better)" if metric else f"{direction} is better"
+        title = f"{table.title}\n{arrow} {direction} is better"
+        out.append((title, str(table.columns[0]), ylabel, group))
+    return out
+
+
 def save_plot(sections: Sequence[Section], path: Path) -> bool:
-    """One panel per size-indexed table (see :func:`series`), log-log. Returns False (and
-    writes nothing) when no table qualifies."""
-    panels = [(t, *series(t)) for s in sections for t in s.tables]
-    panels = [panel for panel in panels if panel[2]]
-    if not panels:
+    """The :func:`panels` of every size-indexed table, log-log. Returns False (and writes
+    nothing) when no table qualifies."""
+    drawn = [panel for s in sections for t in s.tables for panel in panels(t)]
+    if not drawn:
         return False
     from matplotlib.figure import Figure
 
-    columns = 2 if len(panels) > 1 else 1
-    rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(6 * columns, 3.6 * rows), layout="constrained")
+    columns = 2 if len(drawn) > 1 else 1
+    rows = math.ceil(len(drawn) / columns)
+    figure = Figure(figsize=(6 * columns, 3.8 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, (table, metric, lines) in zip(axes, panels, strict=False):
+    for ax, (title, xlabel, ylabel, lines) in zip(axes, drawn, strict=False):
         for name, points in lines:
             ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
-        if metric:  # the lines are labels (libraries, changes): name the figure they show
-            ax.set_ylabel(metric, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.set_xscale("log")
         if all(y > 0 for _, points in lines for _, y in points):
             ax.set_yscale("log")
-        ax.set_xlabel(str(table.columns[0]))
-        ax.set_title(table.title, fontsize=9, wrap=True)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=9, wrap=True)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    for ax in axes[len(panels) :]:
+    for ax in axes[len(drawn) :]:
         ax.set_visible(False)
     figure.suptitle("lbalgo benchmarks (ratios from one run; see benchmarks.md)")
     figure.savefig(path, format="png", dpi=100)
@@ -114,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         MODULES,
         quick=args.quick,
         on_start=lambda name: print(f"running lbalgo.bench.{name} ...", file=sys.stderr),
+        progress=sys.stderr,
     )
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
     markdown = markdown_report(sections, quick=args.quick, command=command)

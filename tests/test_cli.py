@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import types
@@ -13,7 +14,10 @@ from typing import Any
 
 import pytest
 
+import lbalgo
+from fakes import FakeClock
 from lbalgo import cli
+from lbalgo._progress import Progress, duration
 from lbalgo.bench import _report
 from lbalgo.bench._core import Table
 from lbalgo.simulate import ALGORITHMS, Scenario, json_report, simulate
@@ -234,19 +238,51 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_on_a_terminal() -> None:
     stream = _Terminal()
-    progress = cli._Progress(100_000, stream, enabled=True)
-    for _ in range(25):
-        progress(4000)
+    clock = FakeClock(0.0)
+    progress = Progress("simulating", 100_000, "requests", stream, clock=clock)
+    for step in range(1, 26):
+        clock.now = step / 5
+        progress.advance(4000)
+        if step == 5:  # 20,000 done in 1 s: 80,000 left at 20,000/s
+            assert stream.getvalue().endswith(
+                "] 20,000 of 100,000 requests (20%), 20,000 requests/s, about 4 s left"
+            )
     progress.close()
     text = stream.getvalue()
-    assert "\rsimulating [" in text
-    assert "100% of 100,000 requests" in text
-    assert text.endswith("\n")
+    assert "\rsimulating [#####" in text
+    assert "100,000 of 100,000 requests (100%)" in text
+    assert text.endswith("simulating: 100,000 requests in 5 s".ljust(78) + "\n")
     quiet = _Terminal()
-    short = cli._Progress(100, quiet, enabled=True)
-    short(100)
+    short = Progress("simulating", 100, "requests", quiet, show_from=1000)
+    short.advance(100)
     short.close()
     assert quiet.getvalue() == ""  # a short run needs no bar
+
+
+def test_progress_of_an_unknown_or_underestimated_total() -> None:
+    stream = io.StringIO()
+    clock = FakeClock(0.0)
+    unknown = Progress("bench swrr", None, "timings", stream, clock=clock)
+    clock.now = 2.0
+    unknown.advance(1000)
+    assert stream.getvalue() == "bench swrr: 1,000 timings, 500 timings/s, 2 s so far\n"
+    terminal = _Terminal()
+    under = Progress("bench wlc", 10, "timings", terminal, clock=clock)
+    clock.now = 3.0
+    under.advance(20)  # more than the estimate: the bar stops short of 100%
+    assert "(99%)" in terminal.getvalue()
+    assert "about 0 s left" in terminal.getvalue()
+
+
+def test_durations_read_naturally() -> None:
+    assert [duration(s) for s in (0, 59.4, 60, 3599, 3600, 86399)] == [
+        "0 s",
+        "59 s",
+        "1 min 00 s",
+        "59 min 59 s",
+        "1 h 00 min",
+        "23 h 59 min",
+    ]
 
 
 def test_progress_on_a_pipe_only_for_long_runs(
@@ -257,8 +293,9 @@ def test_progress_on_a_pipe_only_for_long_runs(
     assert code == 0
     json.loads(out)  # stdout stays pure JSON
     lines = err.splitlines()
-    assert lines
+    assert len(lines) == 10  # one line per tenth of the work
     assert all(line.startswith("simulating: ") for line in lines)
+    assert all(re.search(r" requests/s, about \d+ (s|min \d\d s) left$", line) for line in lines)
     assert "\r" not in err
     code, out, err = run(capsys, "simulate", "--json", "--requests", "2000", "--no-progress")
     assert err == ""
@@ -286,12 +323,37 @@ def test_plot_without_matplotlib_is_one_clear_line(
     assert err == ("lbalgo simulate: error: --plot needs matplotlib: pip install 'lbalgo[plot]'\n")
 
 
-def test_plot_into_a_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    target = tmp_path / "missing" / "x.png"
-    code, _, err = run(capsys, "simulate", "--requests", "20", "--plot", str(target))
-    assert code == 1
-    assert err.startswith(f"lbalgo simulate: error: cannot write {target}: ")
-    assert len(err.splitlines()) == 1
+def test_plot_path_is_checked_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing" / "x.png"
+    code, out, err = run(capsys, "simulate", "--requests", "20", "--plot", str(missing))
+    assert (code, out) == (2, "")  # refused before simulating
+    assert err == f"lbalgo simulate: error: --plot: no directory {tmp_path / 'missing'}\n"
+    folder = tmp_path / "d.png"
+    folder.mkdir()
+    code, out, err = run(capsys, "simulate", "--requests", "20", "--plot", str(folder))
+    assert (code, out) == (2, "")
+    assert err == f"lbalgo simulate: error: --plot: {folder} is a directory\n"
+
+
+def test_plot_of_500_backends_stays_readable(tmp_path: Path) -> None:
+    from lbalgo.simulate import plotted_lines
+
+    runs = simulate(Scenario(weights=tuple(range(1, 101)) * 4 + (1,) * 98, requests=2000))
+    lines = plotted_lines(runs[0])
+    labels = [label for label, _ in lines]
+    assert len(lines) == 9
+    assert labels[-1] == f"others ({len(runs[0].backends) - 8} backends)"
+    members = sorted(i for _, indices in lines for i in indices)
+    assert members == list(range(len(runs[0].backends)))  # every backend drawn exactly once
+    heaviest = {f"192.0.2.{11 + i % 240}:{80 if i < 240 else 8081}" for i in (99, 199, 299, 399)}
+    assert heaviest <= set(labels)  # the weight-100 backends have lines of their own
+    target = tmp_path / "many.png"
+    weights = ",".join(["3", "1"] * 249)
+    argv = ["simulate", "--weights", weights, "--requests", "500", "--plot", str(target)]
+    assert cli.main([*argv, "--algorithm", "wlc", "--json"]) == 0
+    assert target.read_bytes()[:4] == b"\x89PNG"
 
 
 # -- bad arguments -------------------------------------------------------------------------------
@@ -383,20 +445,65 @@ def test_bench_quick_smoke_run(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert markdown.startswith("# Benchmarks\n")
     for needle in ("median of 5 runs", "CPUs", "- Python: ", "- date: ", "quick"):
         assert needle in markdown
-    for name in _report.MODULES:
+    for i, name in enumerate(_report.MODULES, 1):
         assert f"## {name}" in markdown
-        assert f"running lbalgo.bench.{name} ..." in err
+        assert f"running lbalgo.bench.{name} ({i}/{len(_report.MODULES)}) ..." in err
+        assert re.search(rf"^bench {name}: done in \d+ s", err, flags=re.MULTILINE)
         assert f"=== {name} ===" in out
     assert "###" in markdown  # at least one module produced a table
 
 
 @pytest.mark.usefixtures("frozen_heap")
-def test_bench_only_one_module(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "bench", "--quick", "--only", "swrr")
+def test_bench_only_one_module_as_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "bench.json"
+    code, out, err = run(capsys, "bench", "--quick", "--only", "swrr", "--json", str(target))
     assert code == 0, err
     assert err.count("running lbalgo.bench.") == 1
     assert out.startswith("\n=== swrr ===\n")
     assert out.count("=== ") == 1
+    # the progress lines count timed samples against the expected count for a quick run
+    expected = _report.EXPECTED_SAMPLES["swrr", True]
+    assert re.search(rf"^bench swrr: \d[\d,]* of {expected:,} timings \(\d+%\), ", err, re.M)
+    assert f"wrote {target}" in err
+    doc = json.loads(target.read_text())
+    assert doc["quick"] is True
+    assert doc["lbalgo"] == lbalgo.__version__
+    assert {"machine", "cpus", "python", "date"} <= set(doc["environment"])
+    (module,) = doc["modules"]
+    assert module["name"] == "swrr"
+    assert not module["failed"]
+    (table,) = [t for t in module["tables"] if "ours / empty call" in t["columns"]]
+    assert table["columns"][0] == "backends"
+    assert all(isinstance(row[0], int) for row in table["rows"])
+    assert table["better"]["ours / empty call"] == "lower"
+    assert table["better"]["naive loop / ours (x faster)"] == "higher"
+    assert "goal (issue 4)" not in table["better"]  # text, not a figure
+
+
+def test_bench_output_paths_are_checked_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for option in ("--json", "--markdown"):
+        code, out, err = run(capsys, "bench", option, str(tmp_path / "no" / "x"))
+        assert code == 2
+        assert (out, err) == (
+            "",
+            f"lbalgo bench: error: {option}: no directory {tmp_path / 'no'}\n",
+        )
+        code, out, err = run(capsys, "bench", option, " ")
+        assert err == f"lbalgo bench: error: {option} needs a file name\n"
+
+
+def test_report_json_has_no_nan_and_says_which_way_is_better() -> None:
+    table = Table("t", ["backends", "moved / ideal", "scan / ours (x faster)", "note"])
+    table.rows = [[10, float("nan"), 3.0, "x"], [20, float("inf"), 4.0, "y"]]
+    doc = _report.json_report([_report.Section("m", [table])])
+    text = json.dumps(doc, allow_nan=False)  # valid JSON: non-finite figures are null
+    assert json.loads(text)["modules"][0]["tables"][0]["rows"][0] == [10, None, 3.0, "x"]
+    assert doc["modules"][0]["tables"][0]["better"] == {
+        "moved / ideal": "lower",
+        "scan / ours (x faster)": "higher",
+    }
 
 
 def test_bench_suite_skips_missing_and_reports_broken_modules(
@@ -472,6 +579,27 @@ def test_benchmark_script_picks_what_to_plot() -> None:
     ]
     assert script.series(too_few) == ("", [])
     assert script.series(words) == ("", [])
+
+
+def test_every_benchmark_panel_reads_in_one_direction() -> None:
+    script = _load_script()
+    _, by_label, too_few, _ = _sized_tables()
+    mixed = Table("cost", ["backends", "ours / empty", "naive / ours (x faster)", "moved"])
+    mixed.rows = [[3, 2.0, 3.0, 0.1], [50, 2.5, 30.0, 0.2], [500, 3.0, 250.0, 0.3]]
+    lower, higher = script.panels(mixed)
+    assert lower[0] == "cost\n↓ lower is better"
+    assert lower[2] == "lower is better"
+    assert [name for name, _ in lower[3]] == ["ours / empty", "moved"]
+    assert higher[0] == "cost\n↑ higher is better"
+    assert [name for name, _ in higher[3]] == ["naive / ours (x faster)"]
+    ((title, xlabel, ylabel, lines),) = script.panels(by_label)
+    assert (title, xlabel, ylabel) == (
+        "peers\n↓ lower is better",
+        "backends",
+        "lookup / ours (lower is better)",
+    )
+    assert [name for name, _ in lines] == ["ours", "peer"]
+    assert script.panels(too_few) == []
 
 
 def test_benchmark_script_writes_markdown_and_picture(

@@ -14,6 +14,9 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from fakes import FakeClock
 from lbalgo import (
@@ -510,3 +513,101 @@ def test_a_checker_runs_again_in_a_new_event_loop(server_port: int) -> None:
 @pytest.fixture
 def server_port() -> int:
     return free_port()
+
+
+# --- the threshold state machine, against a model -------------------------------------------------
+
+
+class CheckerMachine(RuleBasedStateMachine):
+    """Random probe results, operator marks and group updates; after every step the checker's
+    status and the scheduler's marks must match a plain model of the thresholds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sched = WeightedLeastConnections(
+            BackendGroup([Backend("127.0.0.1", 1, name=f"k{i}") for i in range(3)])
+        )
+        self.outcome: dict[str, bool | None] = {}  # None: the check raises
+        self.model: dict[str, tuple[bool, int, bool]] = {}  # healthy, consecutive, passed
+        self.next_name = 3
+        self.checker: HealthChecker | None = None
+
+    @initialize(
+        rise=st.integers(1, 4) | st.integers(1, 10), fall=st.integers(1, 4) | st.integers(1, 10)
+    )
+    def build(self, rise: int, fall: int) -> None:
+        async def check(backend: Backend) -> bool:
+            result = self.outcome.get(backend.key, True)
+            if result is None:
+                raise OSError("refused")
+            return result
+
+        self.rise, self.fall = rise, fall
+        self.checker = HealthChecker(
+            self.sched, check, healthy_threshold=rise, unhealthy_threshold=fall
+        )
+
+    @rule(data=st.data())
+    def probe_each(self, data: st.DataObject) -> None:
+        for backend in self.sched.group:
+            key = backend.key
+            self.outcome[key] = data.draw(st.sampled_from([False, True, None]), label=key)
+        self._probe()
+
+    @rule(result=st.sampled_from([False, True, None]), times=st.integers(1, 4))
+    def probe_all(self, result: bool | None, times: int) -> None:
+        # runs of one result in a row: what reaches a threshold
+        for backend in self.sched.group:
+            self.outcome[backend.key] = result
+        for _ in range(times):
+            self._probe()
+
+    def _probe(self) -> None:
+        assert self.checker is not None
+        keys = self.sched.group.keys()
+        status = asyncio.run(self.checker.run_once())
+        for key in keys:
+            passed = self.outcome[key] is True
+            if key in self.model:
+                healthy, run, was = self.model[key]
+                run = run + 1 if was == passed else 1
+            else:
+                healthy, run = self.sched.is_up(key), 1
+            if passed and not healthy and run >= self.rise:
+                healthy = True
+            elif not passed and healthy and run >= self.fall:
+                healthy = False
+            self.model[key] = (healthy, run, passed)
+            assert (status[key].healthy, status[key].consecutive) == (healthy, run)
+            assert (status[key].last_error is None) == passed
+            assert self.sched.is_up(key) == healthy  # the checker's verdict is the mark
+        assert set(status) == set(keys)
+
+    @rule(data=st.data())
+    def operator_marks(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(self.sched.group.keys()))
+        if data.draw(st.booleans()):
+            self.sched.mark_down(key)
+        else:
+            self.sched.mark_up(key)
+
+    @rule(add=st.booleans())
+    def update(self, add: bool) -> None:
+        group = self.sched.group
+        if add and len(group) < 6:
+            group = group.with_backend(Backend("127.0.0.1", 1, name=f"k{self.next_name}"))
+            self.next_name += 1
+        elif not add and len(group) > 1:
+            removed = group.keys()[0]
+            group = group.without(removed)
+            self.model.pop(removed, None)
+        self.sched.update(group)
+
+    @invariant()
+    def consistent(self) -> None:
+        if self.checker is not None:
+            self.checker._check()
+
+
+TestCheckerMachine = CheckerMachine.TestCase
+TestCheckerMachine.settings = settings(max_examples=60, stateful_step_count=15)

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 
 import pytest
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -24,7 +23,9 @@ from lbalgo import (
     StickySessions,
     attempts,
 )
-from lbalgo.scheduler import RAMP_STEPS, BaseScheduler
+from lbalgo._base import BaseScheduler
+from lbalgo.scheduler import RAMP_STEPS
+from support.clocks import FakeClock
 
 RAMPED = [
     ("lbalgo.swrr", "SmoothWeightedRoundRobin"),

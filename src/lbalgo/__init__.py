@@ -13,7 +13,8 @@ from lbalgo.errors import (
     NoBackendAvailable,
 )
 from lbalgo.health import HealthChecker, HealthStatus
-from lbalgo.ledger import ConnectionLedger, LocalLedger
+from lbalgo.ledger import ConnectionLedger
+from lbalgo.local_ledger import LocalLedger
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler

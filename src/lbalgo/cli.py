@@ -11,10 +11,10 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
+from lbalgo._progress import Progress
 from lbalgo.simulate import ALGORITHMS, RunResult, Scenario, json_report, save_plot, simulate
 
 __all__ = ["main"]
@@ -129,10 +129,16 @@ def _build_parser() -> _Parser:
     bench.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     bench.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     bench.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the tables as JSON (machine, Python, every figure, which way is better)",
+    )
+    bench.add_argument(
         "--only",
         metavar="NAME,...",
-        help="run only these modules (of: swrr, wlc, hashing, operations, ledger)",
+        help="run only these modules (request, swrr, wlc, hashing, operations, ledger, transport)",
     )
+    bench.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -169,50 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- simulate ---------------------------------------------------------------------------------
 
 
-class _Progress:
-    """A progress bar on stderr: live on a terminal, a few plain lines on a pipe or file."""
-
-    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
-        self.total = total
-        self.stream = stream
-        self.done = 0
-        self.tty = stream.isatty()
-        threshold = _TTY_PROGRESS_FROM if self.tty else _PIPE_PROGRESS_FROM
-        self.enabled = enabled and total >= threshold
-        self.shown = -1
-        self.started = time.monotonic()
-
-    def __call__(self, count: int) -> None:
-        if not self.enabled:
-            return
-        self.done += count
-        if self.tty:
-            percent = 100 * self.done // self.total
-            if percent != self.shown:
-                self.shown = percent
-                bar = "#" * (percent // 4)
-                self.stream.write(
-                    f"\rsimulating [{bar:<25}] {percent:3d}% of {self.total:,} requests"
-                )
-                self.stream.flush()
-        else:
-            tenth = 10 * self.done // self.total
-            if tenth != self.shown:
-                self.shown = tenth
-                print(
-                    f"simulating: {self.done:,} of {self.total:,} requests",
-                    file=self.stream,
-                    flush=True,
-                )
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            seconds = time.monotonic() - self.started
-            self.stream.write(f"\rsimulated {self.total:,} requests in {seconds:.1f} s".ljust(70))
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _simulate(args: argparse.Namespace) -> int:
     algorithms = (args.algorithm,) if args.algorithm else ALGORITHMS
     try:
@@ -227,9 +189,16 @@ def _simulate(args: argparse.Namespace) -> int:
     plot_path = args.plot
     if plot_path is not None:
         _check_plot_possible(plot_path)
-    progress = _Progress(scenario.total_requests, sys.stderr, not args.no_progress)
+    progress = Progress(
+        "simulating",
+        scenario.total_requests,
+        "requests",
+        sys.stderr,
+        enabled=not args.no_progress,
+        show_from=_TTY_PROGRESS_FROM if sys.stderr.isatty() else _PIPE_PROGRESS_FROM,
+    )
     try:
-        runs = simulate(scenario, progress=progress)
+        runs = simulate(scenario, progress=progress.advance)
     finally:
         progress.close()
     if args.json:
@@ -248,10 +217,25 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: str, command: str, option: str) -> None:
+    """Refuse before a long run, not after it, a file that could not be written."""
+    prefix = f"{_PROG} {command}: error: {option}"
+    if not path.strip():
+        raise _UsageError(f"{prefix} needs a file name")
+    if os.path.isdir(path):
+        raise _UsageError(f"{prefix}: {path} is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"{prefix}: no directory {folder}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise _UsageError(f"{prefix}: cannot write {path} (permission denied)")
+
+
 def _check_plot_possible(path: str) -> None:
-    """Fail before a long run, not after it: matplotlib present, a PNG file name."""
+    """Fail before a long run, not after it: matplotlib present, a writable PNG file name."""
     if not path.lower().endswith(".png"):
         raise _UsageError(f"{_PROG} simulate: error: --plot writes a PNG, got {path!r}")
+    _check_output(path, "simulate", "--plot")
     try:
         import matplotlib  # noqa: F401 -- only checking that the plot extra is installed
     except ImportError:
@@ -394,6 +378,7 @@ def _phase_notes(runs: Sequence[RunResult], p: int) -> list[str]:
 
 def _bench(args: argparse.Namespace) -> int:
     from lbalgo.bench._report import MODULES, Section, markdown_report, run_suite
+    from lbalgo.bench._report import json_report as bench_json
 
     only: tuple[str, ...] = MODULES
     if args.only is not None:
@@ -404,11 +389,14 @@ def _bench(args: argparse.Namespace) -> int:
                 f"{_PROG} bench: error: --only takes names from {', '.join(MODULES)}, "
                 f"got {args.only!r}"
             )
-    if args.markdown is not None and not args.markdown.strip():
-        raise _UsageError(f"{_PROG} bench: error: --markdown needs a file name")
+    outputs = {"--markdown": args.markdown, "--json": args.json}
+    for option, path in outputs.items():
+        if path is not None:
+            _check_output(path, "bench", option)
 
     def started(name: str) -> None:
-        print(f"running lbalgo.bench.{name} ...", file=sys.stderr, flush=True)
+        position = f"({only.index(name) + 1}/{len(only)})"
+        print(f"running lbalgo.bench.{name} {position} ...", file=sys.stderr, flush=True)
 
     def done(section: Section) -> None:
         print(f"\n=== {section.name} ===")
@@ -418,13 +406,20 @@ def _bench(args: argparse.Namespace) -> int:
             print(section.note)
         sys.stdout.flush()
 
-    sections = run_suite(only, quick=args.quick, on_start=started, on_done=done)
-    if args.markdown is not None:
+    progress = None if args.no_progress else sys.stderr
+    sections = run_suite(only, quick=args.quick, on_start=started, on_done=done, progress=progress)
+    texts: list[tuple[str | None, Callable[[], str]]] = [
+        (args.markdown, lambda: markdown_report(sections, quick=args.quick)),
+        (args.json, lambda: json.dumps(bench_json(sections, quick=args.quick), indent=1) + "\n"),
+    ]
+    for path, render in texts:
+        if path is None:
+            continue
         try:
-            with open(args.markdown, "w", encoding="utf-8") as file:
-                file.write(markdown_report(sections, quick=args.quick))
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(render())
         except OSError as error:
-            print(f"{_PROG} bench: error: cannot write {args.markdown}: {error}", file=sys.stderr)
+            print(f"{_PROG} bench: error: cannot write {path}: {error}", file=sys.stderr)
             return 1
-        print(f"wrote {args.markdown}", file=sys.stderr)
+        print(f"wrote {path}", file=sys.stderr)
     return 1 if any(section.failed for section in sections) else 0

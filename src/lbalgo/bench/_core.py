@@ -8,7 +8,8 @@ import ipaddress
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,6 +17,7 @@ from lbalgo.backend import Backend, BackendGroup
 
 __all__ = [
     "Table",
+    "counting_samples",
     "empty_call_ns",
     "load_half",
     "median_rounds",
@@ -23,6 +25,7 @@ __all__ = [
     "pick_release_ns",
     "sample_clients",
     "sample_group",
+    "sample_taken",
     "time_loop",
     "time_prepared",
 ]
@@ -68,6 +71,27 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+_on_sample: list[Callable[[], None]] = []
+
+
+@contextmanager
+def counting_samples(callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback()`` after every timed sample taken inside the block: what the progress
+    of a benchmark module counts (its rate, and its time left against the expected count)."""
+    _on_sample.append(callback)
+    try:
+        yield
+    finally:
+        _on_sample.remove(callback)
+
+
+def sample_taken() -> None:
+    """Count one timed sample; the helpers below call it, and so does a module with its own
+    timer (the httpx transport's batches)."""
+    for callback in _on_sample:
+        callback()
+
+
 def time_prepared(prepare: Callable[[], Callable[[], object]]) -> float:
     """Nanoseconds of one call of what ``prepare()`` returns, median of REPEATS runs, each
     with a fresh ``prepare()`` outside the timed part and the garbage collector off."""
@@ -82,6 +106,7 @@ def time_prepared(prepare: Callable[[], Callable[[], object]]) -> float:
             samples.append(time.perf_counter_ns() - start)
         finally:
             gc.enable()
+        sample_taken()
     return statistics.median(samples)
 
 

@@ -9,18 +9,57 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import math
 import os
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
-from lbalgo.bench._core import REPEATS, Table
+from lbalgo._progress import Progress, duration
+from lbalgo.bench._core import REPEATS, Table, counting_samples
 
-__all__ = ["MODULES", "Section", "environment", "markdown_report", "run_suite"]
+__all__ = [
+    "MODULES",
+    "Section",
+    "better",
+    "environment",
+    "json_report",
+    "markdown_report",
+    "run_suite",
+]
 
-MODULES: tuple[str, ...] = ("swrr", "wlc", "hashing", "operations", "ledger", "transport")
+MODULES: tuple[str, ...] = (
+    "request",
+    "swrr",
+    "wlc",
+    "hashing",
+    "operations",
+    "ledger",
+    "transport",
+)
 """The benchmark modules of :mod:`lbalgo.bench`, in report order."""
+
+EXPECTED_SAMPLES: dict[tuple[str, bool], int] = {
+    ("request", False): 950,
+    ("swrr", False): 390,
+    ("wlc", False): 175,
+    ("hashing", False): 720,
+    ("operations", False): 165,
+    ("ledger", False): 60,
+    ("transport", False): 40,
+    ("request", True): 260,
+    ("swrr", True): 300,
+    ("wlc", True): 100,
+    ("hashing", True): 180,
+    ("operations", True): 105,
+    ("ledger", True): 20,
+    ("transport", True): 8,
+}
+"""Timed samples each module takes, full run (``False``) and quick run (``True``), counted
+once: the progress line's total, from which it estimates the time left. A module not listed
+shows its count and rate without an estimate; a stale count only makes the estimate rough."""
 
 
 @dataclass
@@ -40,18 +79,28 @@ def run_suite(
     quick: bool = False,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[Section], None] | None = None,
+    progress: TextIO | None = None,
 ) -> list[Section]:
     """Run ``lbalgo.bench.<name>.run(quick=quick)`` for each name, in order.
 
     A module that does not exist is skipped with a note; one that raises is reported as
     failed (``Section.failed``) with the error in its note, and the others still run.
-    ``on_start(name)`` and ``on_done(section)`` report progress as modules start and end.
+    ``on_start(name)`` and ``on_done(section)`` report progress as modules start and end;
+    with a ``progress`` stream, each module's timed samples are counted there too, with
+    their rate and the time left (see :data:`EXPECTED_SAMPLES`).
     """
     sections = []
     for name in names:
         if on_start is not None:
             on_start(name)
-        section = _run_one(name, quick)
+        if progress is None:
+            section = _run_one(name, quick)
+        else:
+            total = EXPECTED_SAMPLES.get((name, quick))
+            bar = Progress(f"bench {name}", total, "timings", progress)
+            with counting_samples(bar.advance):
+                section = _run_one(name, quick)
+            bar.close(f"bench {name}: done in {duration(section.seconds)}")
         sections.append(section)
         if on_done is not None:
             on_done(section)
@@ -74,6 +123,73 @@ def _run_one(name: str, quick: bool) -> Section:
     except Exception as error:  # a broken benchmark must not hide the other figures
         return Section(name, note=f"failed: {type(error).__name__}: {error}", failed=True)
     return Section(name, tables, seconds=time.perf_counter() - started)
+
+
+def better(column: str) -> str:
+    """Which way a figure of this column is better: ``"higher"`` for a speed-up (a column
+    named ``... (x faster)``), ``"lower"`` for everything else (a cost, a ratio to a floor,
+    a ``(x slower)`` factor, an imbalance, a movement).
+
+    >>> better("naive loop / ours (x faster)"), better("ours / empty call")
+    ('higher', 'lower')
+    """
+    return "higher" if "faster" in column else "lower"
+
+
+def _plain(cell: object) -> object:
+    if isinstance(cell, float) and not math.isfinite(cell):
+        return None  # JSON has no NaN or infinity
+    if cell is None or isinstance(cell, (bool, int, float, str)):
+        return cell
+    return str(cell)
+
+
+def _directions(table: Table) -> dict[str, str]:
+    numeric = [
+        i
+        for i in range(1, len(table.columns))
+        if any(
+            isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in table.rows
+        )
+    ]
+    return {str(table.columns[i]): better(str(table.columns[i])) for i in numeric}
+
+
+def json_report(sections: Sequence[Section], *, quick: bool = False) -> dict[str, Any]:
+    """The whole report as a JSON-ready document: environment, then each module's tables
+    (title, columns, rows of numbers and text, notes, and which way each column is better).
+
+    >>> doc = json_report([Section("x", [Table("t", ["n", "ours / empty call"], [[3, 1.5]])])])
+    >>> doc["modules"][0]["tables"][0]["rows"], doc["modules"][0]["tables"][0]["better"]
+    ([[3, 1.5]], {'ours / empty call': 'lower'})
+    """
+    from lbalgo import __version__
+
+    return {
+        "lbalgo": __version__,
+        "environment": environment(),
+        "method": f"median of {REPEATS} runs; ratios measured side by side in one run",
+        "quick": quick,
+        "modules": [
+            {
+                "name": section.name,
+                "seconds": round(section.seconds, 3),
+                "note": section.note,
+                "failed": section.failed,
+                "tables": [
+                    {
+                        "title": table.title,
+                        "columns": list(table.columns),
+                        "rows": [[_plain(cell) for cell in row] for row in table.rows],
+                        "notes": list(table.notes),
+                        "better": _directions(table),
+                    }
+                    for table in section.tables
+                ],
+            }
+            for section in sections
+        ],
+    }
 
 
 def environment() -> dict[str, str]:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import httpx
 
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.bench._core import Table
+from lbalgo.bench._core import Table, sample_taken
 from lbalgo.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
 from lbalgo.scheduler import Scheduler
 from lbalgo.swrr import SmoothWeightedRoundRobin
@@ -95,6 +95,7 @@ def _compare(
     rounds = []
     for _ in range(rounds_):
         a, b = plain(), balanced()
+        sample_taken()
         rounds.append((a, b, b / a))
     return tuple(statistics.median(column) for column in zip(*rounds, strict=True))
 

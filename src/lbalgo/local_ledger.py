@@ -1,0 +1,294 @@
+"""The in-process connection ledger: exact weighted least connections with a smooth
+tie-break, O(log n) per operation. See ``docs/algorithms/wlc.md`` for the design."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from heapq import heappop
+
+from lbalgo._wf2q import OUT, PENDING, WF2QSchedule
+from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
+
+__all__ = ["LocalLedger"]
+
+class LocalLedger(WF2QSchedule):
+    """The in-process ledger: exact least connections with a smooth tie-break, O(log n).
+
+    The default ledger of :class:`~lbalgo.WeightedLeastConnections`. Each eligible key has a
+    load ratio ``count / weight`` and a place in a weighted fair-queueing schedule (WF2Q,
+    Bennett and Zhang 1996): a virtual start ``S`` (the service it has had, over its weight)
+    and finish ``F = S + 1/weight``, against a virtual clock ``V`` that advances by
+    ``1/total_weight`` per acquire. A key is *ready* when ``S <= V``. :meth:`acquire` takes
+    the lowest ratio; among equal ratios a ready key with the earliest ``F``, else a waiting
+    key with the earliest ``S``; then group order.
+
+    Why WF2Q rather than a plain earliest-deadline (lowest ``F``) tie-break: with ten keys of
+    weight 1 and one of weight 100, earliest deadline gives the heavy key its 100 picks in a
+    burst. The readiness rule keeps every key within one pick of its weighted share in every
+    prefix of a light-load sequence (each connection released before the next acquire, so
+    all ratios tie), tighter than nginx's smooth round robin, which can stray past one pick.
+    Service a key missed or took in advance while ratios decided (heavy load) is clamped to
+    one pick at its next acquire, so when load drops nobody gets a burst of catch-up picks.
+
+    Ratios and virtual times are integers scaled by ``M = lcm(weights, total weight)``, so
+    every comparison is exact. Multiplying every weight by one factor (the scheduler's
+    :data:`~lbalgo.scheduler.RAMP_STEPS`) multiplies ``M`` by it too and leaves every one of
+    these integers as it was; only a slow-start ramp in progress, whose step ``k`` enters
+    ``M``, makes them larger. Heaps with lazy deletion (a stale entry carries an old stamp
+    and is dropped when it surfaces; all are rebuilt in O(n) after about 2n entries were
+    queued): ready keys by ``(ratio, F)``; waiting keys with no connection ("idle")
+    by ``S``; waiting keys with connections ("busy") by ``(ratio, S)`` and by ``S``. The idle
+    heap serves both to pick and to wake, which keeps a light-load acquire at four heap
+    operations. :meth:`acquire`, :meth:`take` and :meth:`release` are amortised O(log n),
+    :meth:`count` O(1), :meth:`set_eligible` O(n). No lock of its own: its scheduler calls
+    it under the scheduler's lock.
+
+    >>> ledger = LocalLedger()
+    >>> ledger.set_eligible([("a", 3), ("b", 1)])
+    >>> picks = []
+    >>> for _ in range(8):
+    ...     key = ledger.acquire()
+    ...     picks.append(key)
+    ...     ledger.release(key)
+    >>> "".join(picks)
+    'abaaabaa'
+    >>> [ledger.acquire() for _ in range(4)], ledger.count("a"), ledger.count("b")
+    (['a', 'b', 'a', 'a'], 3, 1)
+    >>> ledger.set_eligible([("b", 1)])  # "a" went down: it drains, b takes everything
+    >>> ledger.acquire(), ledger.count("a"), ledger.count("b")
+    ('b', 3, 2)
+    """
+
+    __slots__ = ()
+
+    # -- the ConnectionLedger interface ------------------------------------------------------
+
+    def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
+        """Replace the eligible set (see :meth:`ConnectionLedger.set_eligible`), O(n).
+
+        Keys that stay eligible keep their counts and their place in the tie-break schedule
+        (rescaled to the new weights); keys that join start level with the clock; keys that
+        leave keep their counts while they drain. ``ValueError`` naming the key and the value
+        for a weight outside 1..3200 or a repeated key, with the ledger unchanged.
+        """
+        seen = checked_eligible(weights)
+        entries = list(seen.items())
+
+        old_index, old_load, old_start = self._index, self._load, self._start
+        old_vt, old_scale, old_state = self._vt, self._scale, self._state
+        total = sum(weight for _, weight in entries)
+        scale = math.lcm(total, *{weight for _, weight in entries}) if entries else 1
+        # rescaling by scale / old_scale in lowest terms keeps the per-key arithmetic small
+        common = math.gcd(scale, old_scale)
+        mul, div = scale // common, old_scale // common
+        draining = self._draining
+        for key, pos in old_index.items():
+            if key not in seen and old_load[pos]:
+                draining[key] = old_load[pos]
+        keys: list[str] = []
+        load: list[int] = []
+        unit: list[int] = []
+        start: list[int] = []
+        for key, weight in entries:
+            u = scale // weight
+            old = old_index.get(key)
+            if old is None or old_state[old] == OUT:
+                count = draining.pop(key, 0) if old is None else old_load[old]
+                lag = 0  # a joining key starts level with the clock, as in WF2Q
+            else:
+                count = old_load[old]
+                # its S relative to V, in the new scale, at most one pick either way
+                lag = (old_start[old] - old_vt) * mul // div
+                if lag > u:
+                    lag = u
+                elif lag < -u:
+                    lag = -u
+            keys.append(key)
+            load.append(count)
+            unit.append(u)
+            start.append(lag)
+        self._index = {key: pos for pos, key in enumerate(keys)}
+        self._keys, self._load, self._unit, self._start = keys, load, unit, start
+        self._state = [PENDING] * len(keys)
+        self._stamp = [0] * len(keys)
+        self._weight = [weight for _, weight in entries]
+        self._set_total(total, scale)
+        self._cap = scale << 64
+        self._vt = 0
+        self._rem = 0
+        self._rebuild_heaps()
+
+    def set_weight(self, key: str, weight: int) -> bool:
+        """Change one key's weight (0: it leaves the eligible set and drains), O(log n).
+
+        What a health mark, a suspension or a slow-start step needs, without rebuilding the
+        others: ``key`` keeps its count and its place in the schedule (clamped to one pick
+        of the clock at the new weight; a key coming back starts level with the clock), the
+        other keys keep theirs, and the clock keeps its whole part (its fraction below
+        ``1 / M`` is dropped: the total it advances by has changed). ``False`` (nothing
+        changed) if ``key`` has no place in group order here (it was not eligible at the
+        last :meth:`set_eligible`): the caller then lists the whole set again. A weight that
+        does not divide the scale ``M`` grows it (O(n) once: every start is rescaled
+        exactly), and past ``2**64`` times the scale of the last :meth:`set_eligible` the
+        ledger is rebuilt as that call would. ``ValueError`` naming the key and the value
+        for a weight outside 0..3200, with nothing changed.
+
+        >>> ledger = LocalLedger()
+        >>> ledger.set_eligible([("a", 3), ("b", 1)])
+        >>> ledger.set_weight("a", 0), ledger.acquire(), ledger.set_weight("a", 3)
+        (True, 'b', True)
+        >>> ledger.acquire(), ledger.set_weight("c", 1)
+        ('a', False)
+        """
+        if type(weight) is not int or not 0 <= weight <= MAX_FINE_WEIGHT:
+            raise ValueError(
+                f"weight of {key!r} must be an integer from 0 to {MAX_FINE_WEIGHT}, got {weight!r}"
+            )
+        pos = self._index.get(key)
+        if pos is None:
+            return not weight  # 0 for a key that is not eligible: nothing to do
+        old = self._weight[pos]
+        if weight == old:
+            return True
+        if self._pending >= 0:
+            self._flush()
+        scale = self._scale
+        if weight and scale % weight:
+            grown = math.lcm(scale, weight)
+            if grown > self._cap:
+                weights = list(self._weight)
+                weights[pos] = weight
+                self.set_eligible([(k, w) for k, w in zip(self._keys, weights, strict=True) if w])
+                return True
+            self._rescale(grown // scale)
+            scale = grown
+        self._rem = 0  # the clock keeps its whole part: its rate changes with the total
+        vt = self._vt
+        self._weight[pos] = weight
+        self._stamp[pos] += 1  # its queued entry (if any) is stale now
+        self._set_total(self._total - old + weight, scale)
+        if not weight:
+            self._state[pos] = OUT
+            self._unit[pos] = 0
+            return True
+        u = scale // weight
+        lag = self._start[pos] - vt if old else 0
+        self._start[pos] = vt + max(-u, min(u, lag))
+        self._unit[pos] = u
+        self._pending = pos
+        self._flush()  # queues it by its state now
+        return True
+
+    def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
+        """Take the least-loaded eligible key not in ``exclude`` and count it, amortised
+        O(log n) (plus O(k log n) for k excluded keys); ``None`` if no key qualifies."""
+        vt = self._vt
+        idle, stamp = self._idle_heap, self._stamp
+        if self._pending >= 0:
+            self._flush()
+            idle = self._idle_heap  # _flush may have rebuilt the heaps
+        if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
+            self._wake()
+        if exclude:
+            return self._acquire_excluding(exclude)
+        ready = self._ready_heap
+        while ready and ready[0][3] != stamp[ready[0][2]]:
+            heappop(ready)
+        if ready and not ready[0][0]:
+            # the common case: a ready key with no connection, which nothing beats
+            pos = heappop(ready)[2]
+        else:
+            while idle and idle[0][2] != stamp[idle[0][1]]:
+                heappop(idle)
+            if idle:  # no connection beats any ready key's positive ratio
+                pos = heappop(idle)[1]
+            else:
+                busy = self._busy_heap
+                while busy and busy[0][3] != stamp[busy[0][2]]:
+                    heappop(busy)
+                # ready keys win ratio ties: that is the smooth tie-break
+                if ready and not (busy and busy[0][0] < ready[0][0]):
+                    pos = heappop(ready)[2]
+                elif busy:
+                    pos = heappop(busy)[2]
+                else:
+                    return None
+        self._advance(pos)
+        return self._keys[pos]
+
+    def take(self, key: str) -> None:
+        """Count one connection on ``key`` as if :meth:`acquire` had chosen it, amortised
+        O(log n) (a key that is not eligible is counted as draining)."""
+        pos = self._index.get(key)
+        if pos is None:
+            self._draining[key] = self._draining.get(key, 0) + 1
+            return
+        if self._state[pos] == OUT:
+            self._load[pos] += 1
+            return
+        if self._pending >= 0:
+            self._flush()
+        self._stamp[pos] += 1  # its queued entry is stale now
+        self._advance(pos)
+
+    def release(self, key: str) -> None:
+        """One connection on ``key`` ended; never below 0, unknown keys ignored, amortised
+        O(log n)."""
+        self.release_open(key)
+
+    def release_open(self, key: str) -> bool:
+        """:meth:`release`, saying whether ``key`` had a connection to release.
+
+        The scheduler's fast path uses the answer instead of asking :meth:`count` first.
+        """
+        pos = self._index.get(key)
+        if pos is None:
+            count = self._draining.get(key, 0)
+            if count > 1:
+                self._draining[key] = count - 1
+            elif count == 1:
+                del self._draining[key]
+            return count > 0
+        count = self._load[pos]
+        if not count:
+            return False
+        self._load[pos] = count - 1
+        # a pending key is queued with its count at the flush; one out is in no heap
+        if pos != self._pending and self._state[pos] != OUT:
+            self._requeue(pos)
+        return True
+
+    def count(self, key: str) -> int:
+        """Open connections on ``key`` (0 if unknown), O(1)."""
+        # index and counts read together: an operator's thread may ask while the scheduler's
+        # set_eligible swaps both, and a position is only meaningful in its own list
+        index, load = self._index, self._load
+        pos = index.get(key)
+        if pos is None:
+            return self._draining.get(key, 0)
+        return load[pos]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the counts of ``keys`` (their later releases are ignored), O(k log n)."""
+        for key in keys:
+            self._draining.pop(key, None)
+            pos = self._index.get(key)
+            if pos is not None and self._load[pos]:
+                self._load[pos] = 0
+                if pos != self._pending and self._state[pos] != OUT:
+                    self._requeue(pos)
+
+    def __repr__(self) -> str:
+        out = [(k, n) for k, n, w in zip(self._keys, self._load, self._weight, strict=True) if w]
+        eligible = ", ".join(f"{k}={n}" for k, n in out)
+        draining = ", ".join(
+            [f"{k}={n}" for k, n in self._draining.items()]
+            + [
+                f"{k}={n}"
+                for k, n, w in zip(self._keys, self._load, self._weight, strict=True)
+                if not w and n
+            ]
+        )
+        return f"<LocalLedger eligible [{eligible}] draining [{draining}]>"
