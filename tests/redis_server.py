@@ -88,4 +88,3 @@ def namespace(request: pytest.FixtureRequest) -> str:
     """A ledger namespace unique to the test, so tests sharing a server never meet."""
     name = str(request.node.name)
     return "test-" + name.replace(" ", "_").replace("[", "-").replace("]", "")
-

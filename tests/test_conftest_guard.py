@@ -19,7 +19,7 @@ pytest_plugins = ["pytester"]
 
 TESTS = Path(__file__).resolve().parent
 
-SKIPPING = '''
+SKIPPING = """
 import importlib.util
 
 import pytest
@@ -72,7 +72,7 @@ def test_redis_fixture_missing(no_redis_server, redis_server):
 
 def test_other_skip():
     pytest.skip("needs os.fork")
-'''
+"""
 
 
 @pytest.fixture

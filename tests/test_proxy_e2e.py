@@ -7,10 +7,12 @@ wait is bounded by a timeout, and every load loop by a request count.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +100,7 @@ class _Backend(ThreadingHTTPServer):
         self.holding = threading.Event()
         self.gate = threading.Event()
         self._count_lock = threading.Lock()
+        self.open_sockets: list[socket.socket] = []
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -111,14 +115,24 @@ class _Backend(ThreadingHTTPServer):
         with self._count_lock:
             self.served += 1
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            self.open_sockets.append(request)
+        super().process_request(request, client_address)
+
     def kill(self) -> None:
-        """Stop accepting and close the listening socket: later connects are refused."""
+        """Die as a process does: stop accepting (later connects are refused) and cut every
+        open connection, the proxy's idle kept-alive ones included."""
         self.gate.set()
         if self.alive:
             self.alive = False
             self.shutdown()
             self.server_close()
             self._thread.join(TIMEOUT)
+            with self._count_lock:
+                for sock in self.open_sockets:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Proxy:
@@ -307,7 +321,7 @@ def test_forwarded_for_and_hop_by_hop_headers(
     _, _, body = proxy.request(headers={"X-Forwarded-For": "203.0.113.7"})
     info = json.loads(body)
     assert info["xff"] == "203.0.113.7, 127.0.0.1"
-    assert info["connection"] == "close"  # the proxy's own hop to the backend
+    assert info["connection"] is None  # the client's hop-by-hop fields stay with the proxy
     _, _, body = proxy.request(path="/a/b?c=d")
     assert json.loads(body)["xff"] == "127.0.0.1"
     assert json.loads(body)["path"] == "/a/b?c=d"
@@ -394,11 +408,13 @@ def test_killed_between_requests_then_all_dead_gives_502(
     backends[2].kill()
     status, _, body = proxy.request()
     assert status == 502
-    assert body.startswith(b"every backend failed (")
+    assert body == b"502 Bad Gateway\n"  # names no backend: they are internal addresses
     # every backend is now suspended by passive health; the proxy itself keeps answering
     status, _, body = proxy.request()
-    assert status == 502
-    assert body.startswith(b"no backend available")
+    assert status == 503
+    assert body == b"503 Service Unavailable\n"
+    log = proxy.log.read_text()  # the log is where the operator finds which backend failed
+    assert all(f"backend 127.0.0.1:{b.port} failed" in log for b in backends[1:])
 
 
 def test_malformed_request_gets_400(
@@ -480,3 +496,18 @@ def test_source_ip_hash_client_moves_only_when_its_backend_dies(
         after.append(_name(body))
     assert len(set(after)) == 1  # and the client settles on one new backend
     assert after[0] != dead.name
+
+
+def test_source_ip_hash_nginx_compat_places_clients_as_nginx(
+    request: pytest.FixtureRequest, backends: list[_Backend]
+) -> None:
+    proxy = _start(request, "source-ip-hash", backends, [2, 1, 1], "--compat", "nginx")
+    group = BackendGroup(
+        Backend("127.0.0.1", b.port, w) for b, w in zip(backends, [2, 1, 1], strict=True)
+    )
+    nginx_like = SourceIPHash(group, compat="nginx")
+    by_port = {b.port: b.name for b in backends}
+    for last in range(1, 9):
+        source = f"127.0.0.{last}"
+        expected = by_port[nginx_like.pick(source).port]
+        assert _name(proxy.request(source=source)[2]) == expected, source

@@ -94,7 +94,10 @@ def least_ratio_holds(counts: Counter[str], weights: dict[str, int], key: str) -
         ({"url": 6379}, r"url must be .* got 6379"),
         ({"url": "localhost:6379"}, r"url must be .* got 'localhost:6379'"),
         ({"url": "unix://"}, r"url must give the socket's path .* got 'unix://'"),
-        ({"url": "redis://h:6379/x"}, r"url must end with a database number .* got 'redis://h:6379/x'"),
+        (
+            {"url": "redis://h:6379/x"},
+            r"url must end with a database number .* got 'redis://h:6379/x'",
+        ),
         ({"url": "redis://h:port/0"}, r"url is not a usable Redis URL .* got 'redis://h:port/0'"),
         ({"namespace": ""}, r"namespace must be .* got ''"),
         ({"namespace": "a{b}"}, r"namespace must be .* got 'a\{b\}'"),
