@@ -60,7 +60,9 @@ def placement(sched: SourceIPHash, addresses: list[str]) -> dict[Hashable, str]:
 
 def cell_owners(sched: SourceIPHash) -> list[str]:
     """The backend key of every table cell: the whole address space, exactly."""
-    return [slot.key for slot in sched._table]
+    assert sched._table is not None
+    cells, slots = sched._table
+    return [slots[ident].key for ident in cells]  # type: ignore[union-attr]
 
 
 SAMPLE = clients(50_000, seed=11)

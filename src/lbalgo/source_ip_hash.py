@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import socket
 import time
+import weakref
 from array import array
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -24,7 +25,7 @@ import mmh3
 
 from lbalgo._address import STRICT_PTON, address_key, address_text
 from lbalgo._nginx_chash import MAX_TRIES, Ring
-from lbalgo._table import TABLE_SIZE, Scorer, build_cells
+from lbalgo._table import TABLE_SIZE, RendezvousTable
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.scheduler import BaseScheduler, Client, Exclude, Lease, _Slot
 
@@ -63,6 +64,68 @@ def _check_balance_factor(balance_factor: object) -> Fraction | None:
         )
     # the decimal the user wrote (1.05 is 21/20), not its binary approximation
     return Fraction(str(balance_factor))
+
+
+# tables in use by some scheduler, by spec: tables are never changed once made (updates change
+# a copy), so schedulers over one group share one; it goes when the last of them does
+_LIVE_TABLES: weakref.WeakValueDictionary[tuple[tuple[str, int], ...], RendezvousTable] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _prepare_table(
+    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...]
+) -> RendezvousTable:
+    """The table for ``spec``: one in use elsewhere, ``current`` changed where the spec
+    differs (a copy: the current one may be in use by lock-free readers), or a fresh build
+    when that is cheaper."""
+    table = _LIVE_TABLES.get(spec)
+    if table is None:
+        table = _changed_table(current, spec)
+        _LIVE_TABLES[spec] = table
+    return table
+
+
+def _changed_table(
+    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...]
+) -> RendezvousTable:
+    if current is None:
+        return RendezvousTable.build(spec)
+    old = dict(current.spec)
+    new = dict(spec)
+    gone = [key for key in old if key not in new]
+    added = [key for key in new if key not in old]
+    changed = [key for key in new if key in old and old[key] != new[key]]
+    # each change walks about T/n cells (a re-weight twice): past n/4 changes, build afresh
+    if (len(gone) + len(added) + 2 * len(changed)) * 4 > max(4, len(spec)):
+        return RendezvousTable.build(spec)
+    table = current.copy()
+    for key in gone:
+        table.remove(key)
+    for key in changed:
+        table.reweight(key, new[key])
+    for key in added:
+        table.add(key, new[key])
+    return RendezvousTable.build(spec) if table.drifted() else table
+
+
+def _servers_for(group: BackendGroup, weights: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """nginx's server lines for ``group`` in upstream order: (server text, weight)."""
+    # a weight-0 backend keeps its points at its last weight: draining it moves nobody else
+    servers = ((server_text(b), b.weight or weights.get(b.key, 0)) for b in group)
+    return tuple((text, weight) for text, weight in servers if weight > 0)
+
+
+def server_text(backend: Backend) -> str:
+    """The text nginx hashes for this backend's ``server`` line in ``compat="nginx"``: its
+    ``name`` when it has one (:func:`lbalgo.nginx.load_upstream` sets it to the server
+    address exactly as written, e.g. ``"10.0.0.2"`` for ``server 10.0.0.2;``), otherwise
+    ``host:port`` (``[v6]:port`` for IPv6).
+
+    >>> server_text(Backend("10.0.0.2", 80, name="10.0.0.2")), server_text(Backend("::1", 81))
+    ('10.0.0.2', '[::1]:81')
+    """
+    return backend.name if backend.name is not None else backend.address
 
 
 class SourceIPHash(BaseScheduler):
@@ -127,11 +190,13 @@ class SourceIPHash(BaseScheduler):
         # points) so that draining it moves nobody else
         self._table_weights: dict[str, int] = {}
         self._spec: tuple[tuple[str, int], ...] | None = None
-        self._prepared: tuple[tuple[tuple[str, int], ...], array[int]] | None = None
-        self._cells: array[int] = array("l")
-        self._scorer: Scorer | None = None
+        # a table or ring made for a spec outside the lock by update(), taken by _rebuild
+        self._prepared: tuple[tuple[tuple[str, int], ...], RendezvousTable | Ring] | None = None
+        self._rendezvous: RendezvousTable | None = None
         self._members: tuple[_Slot, ...] = ()
-        self._table: list[_Slot] = []
+        # what the lock-free fast path reads in one go: the owner id of every cell and the
+        # slot of every id (None: no table)
+        self._table: tuple[array[int], list[_Slot | None]] | None = None
         self._ring: Ring | None = None
         self._blocked: frozenset[_Slot] = frozenset()
         self._fast = False
@@ -161,12 +226,13 @@ class SourceIPHash(BaseScheduler):
         """
         # one read of the table: an update emptying it may land after the check of _fast
         table = self._table
-        if self._fast and table and not exclude:
+        if self._fast and table is not None and not exclude:
             try:  # the common case inline: an IPv4 string (see lbalgo._address)
                 key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
-            slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            slot = table[1][table[0][_hash(key, _CLIENT_SEED) % TABLE_SIZE]]
+            assert slot is not None
             if slot not in self._blocked:
                 next(slot.picks)
                 return slot.backend
@@ -176,12 +242,13 @@ class SourceIPHash(BaseScheduler):
         """Pick for ``client`` now and return a :class:`Lease` to release later."""
         # one read of the table: an update emptying it may land after the check of _fast
         table = self._table
-        if self._fast and table and not exclude:
+        if self._fast and table is not None and not exclude:
             try:
                 key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
-            slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            slot = table[1][table[0][_hash(key, _CLIENT_SEED) % TABLE_SIZE]]
+            assert slot is not None
             if slot not in self._blocked:
                 next(slot.picks)
                 return Lease(self, slot)
@@ -190,10 +257,17 @@ class SourceIPHash(BaseScheduler):
     def update(self, group: BackendGroup) -> None:
         """Swap in a new group; the new table is built before the lock is taken, so picks
         continue meanwhile (see :meth:`BaseScheduler.update`)."""
-        if self._compat is None and isinstance(group, BackendGroup):
-            spec = self._spec_for(group, dict(self._table_weights))
-            if spec and spec != self._spec:
-                self._prepared = (spec, build_cells(spec))
+        if isinstance(group, BackendGroup):
+            weights = dict(self._table_weights)
+            if self._compat is None:
+                spec = self._spec_for(group, weights)
+                current = self._rendezvous
+                if spec and spec != self._spec:
+                    self._prepared = (spec, _prepare_table(current, spec))
+            else:
+                spec = _servers_for(group, weights)
+                if spec and spec != self._spec:
+                    self._prepared = (spec, Ring(spec))
         super().update(group)
 
     # -- BaseScheduler hooks -------------------------------------------------------------------
@@ -258,7 +332,10 @@ class SourceIPHash(BaseScheduler):
             self._total_open = sum(self._opens.values())
             self._opens_order = order
         self._fast = (
-            self._compat is None and self._bound is None and not self._timed and bool(self._table)
+            self._compat is None
+            and self._bound is None
+            and not self._timed
+            and self._table is not None
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -277,31 +354,39 @@ class SourceIPHash(BaseScheduler):
     def _rebuild_table(self) -> None:
         spec = self._spec_for(self._group, self._table_weights)
         if spec != self._spec:
+            prepared = self._prepared
             if not spec:
-                self._cells = array("l")
-            elif self._prepared is not None and self._prepared[0] == spec:
-                self._cells = self._prepared[1]
+                self._rendezvous = None
+            elif prepared is not None and prepared[0] == spec:
+                assert isinstance(prepared[1], RendezvousTable)
+                self._rendezvous = prepared[1]
             else:
-                self._cells = build_cells(spec)
-            self._scorer = Scorer(spec) if spec else None
+                self._rendezvous = _prepare_table(self._rendezvous, spec)
             self._prepared = None
-        members = tuple(self._slots[key] for key, _weight in spec)
-        # a key removed and added again has a new slot: remap even when the spec is the same
-        renewed = any(a is not b for a, b in zip(members, self._members, strict=False))
-        if spec != self._spec or renewed:
-            self._table = [members[i] for i in self._cells]
-        self._spec = spec
-        self._members = members
+            self._spec = spec
+        table = self._rendezvous
+        if table is None:
+            self._table = None
+            self._members = ()
+            return
+        # a key removed and added again has a new slot: map ids to slots on every rebuild
+        slots: list[_Slot | None] = [
+            None if member is None else self._slots[member.key] for member in table.members
+        ]
+        self._table = (table.owner, slots)
+        self._members = tuple(slot for slot in slots if slot is not None)
 
     def _rebuild_ring(self) -> None:
         weights = self._table_weights
-        servers = tuple(
-            (slot.backend.address, weights.get(slot.key, 0))
-            for slot in self._order
-            if weights.get(slot.key, 0) > 0
-        )
+        servers = _servers_for(self._group, weights)
         if servers != self._spec or self._ring is None:
-            self._ring = Ring(servers)
+            prepared = self._prepared
+            if prepared is not None and prepared[0] == servers:
+                assert isinstance(prepared[1], Ring)
+                self._ring = prepared[1]
+            else:
+                self._ring = Ring(servers)
+            self._prepared = None
             self._spec = servers
         self._members = tuple(
             slot for slot in self._order if weights.get(slot.key, 0) > 0
@@ -313,15 +398,18 @@ class SourceIPHash(BaseScheduler):
     def _choices(self, key: bytes) -> Iterator[_Slot]:
         """The client's fixed order of choices: the backends by score at its cell (the first
         is the table's owner of the cell; the rest are scored only when needed, O(n))."""
-        if not self._table or self._scorer is None:
+        table, rendezvous = self._table, self._rendezvous
+        if table is None or rendezvous is None:
             return
+        cells, slots = table
         cell = _hash(key, _CLIENT_SEED) % TABLE_SIZE
-        first = self._table[cell]
+        first = slots[cells[cell]]
+        assert first is not None
         yield first
-        members = self._members
-        for index in self._scorer.ranking(cell):
-            if members[index] is not first:
-                yield members[index]
+        for ident in rendezvous.ranking(cell):
+            slot = slots[ident]
+            if slot is not None and slot is not first:
+                yield slot
 
     def _nginx_walk(self, key: bytes) -> Iterator[_Slot]:
         """The ring points nginx visits for this client, as backends; after nginx's 20 steps
