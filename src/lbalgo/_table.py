@@ -31,12 +31,21 @@ whose owner scores above ``theta``; outside the tail a known runner-up scores at
 from __future__ import annotations
 
 import math
+import weakref
 from array import array
 from collections.abc import Iterable
 
 import mmh3
 
-__all__ = ["NONE", "PERMUTATION_SEED", "TABLE_SIZE", "Member", "RendezvousTable", "permutation"]
+__all__ = [
+    "NONE",
+    "PERMUTATION_SEED",
+    "TABLE_SIZE",
+    "Member",
+    "RendezvousTable",
+    "permutation",
+    "table_for",
+]
 
 TABLE_SIZE = 393_209
 """Cells in the table: a prime, so that every skip walks a full permutation."""
@@ -236,25 +245,32 @@ class RendezvousTable:
         member = Member(key, weight, size)
         ident = self._new_ident(member)
         members, owner, runner, tail = self.members, self.owner, self.runner, self._tail
+        # (offset, inverse, weight, key) by id: the scores of the cell's holders, inline
+        params = [
+            (m.offset, m.inverse, m.weight, m.key) if m is not None else (0, 1, 1, "")
+            for m in members
+        ]
+        log1p, half = _log1p, 0.5
         cell, skip = member.offset, member.skip
         for rank in range(member.walk_length(theta, size)):
-            score = -_log1p(-(rank + 0.5) / size) / weight
+            score = -log1p(-(rank + half) / size) / weight
             held = owner[cell]
-            rival = members[held]
-            assert rival is not None
-            rival_score = rival.score(cell, size)
-            if score < rival_score or (score == rival_score and key < rival.key):
+            offset, inverse, held_weight, held_key = params[held]
+            rival = -log1p(-((cell - offset) * inverse % size + half) / size) / held_weight
+            if score < rival or (score == rival and key < held_key):
                 owner[cell] = ident
                 # the old owner is now second; out of the tail it must score <= theta
-                runner[cell] = held if cell not in tail else NONE
-                tail.discard(cell)
+                if cell in tail:
+                    runner[cell] = NONE
+                    tail.discard(cell)
+                else:
+                    runner[cell] = held
             else:
                 second = runner[cell]
                 if second != NONE:
-                    other = members[second]
-                    assert other is not None
-                    other_score = other.score(cell, size)
-                    if score < other_score or (score == other_score and key < other.key):
+                    offset, inverse, other_weight, other_key = params[second]
+                    other = -log1p(-((cell - offset) * inverse % size + half) / size) / other_weight
+                    if score < other or (score == other and key < other_key):
                         runner[cell] = ident
             cell += skip
             if cell >= size:
@@ -264,19 +280,19 @@ class RendezvousTable:
             if score <= theta:
                 continue  # the walk has seen it
             held = owner[cell]
-            rival = members[held]
-            assert rival is not None
-            rival_score = rival.score(cell, size)
-            if score < rival_score or (score == rival_score and key < rival.key):
+            rival_member = members[held]
+            assert rival_member is not None
+            rival = rival_member.score(cell, size)
+            if score < rival or (score == rival and key < rival_member.key):
                 owner[cell] = ident
                 runner[cell] = held
                 continue
             second = runner[cell]
             if second != NONE:
-                other = members[second]
-                assert other is not None
-                other_score = other.score(cell, size)
-                if score < other_score or (score == other_score and key < other.key):
+                other_member = members[second]
+                assert other_member is not None
+                other = other_member.score(cell, size)
+                if score < other or (score == other and key < other_member.key):
                     runner[cell] = ident
         self._kept.clear()
 
@@ -388,3 +404,45 @@ class RendezvousTable:
                 assert other is not None
                 assert in_tail or other.score(cell, size) <= theta, cell
 
+
+# tables in use by some scheduler, by spec: tables are never changed once made (updates change
+# a copy), so schedulers over one group share one; it goes when the last of them does
+_LIVE_TABLES: weakref.WeakValueDictionary[tuple[tuple[str, int], ...], RendezvousTable] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def table_for(
+    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...]
+) -> RendezvousTable:
+    """The table for ``spec``: one in use elsewhere, ``current`` changed where the spec
+    differs (a copy: the current one may be in use by lock-free readers), or a fresh build
+    when that is cheaper."""
+    table = _LIVE_TABLES.get(spec)
+    if table is None:
+        table = _changed_table(current, spec)
+        _LIVE_TABLES[spec] = table
+    return table
+
+
+def _changed_table(
+    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...]
+) -> RendezvousTable:
+    if current is None:
+        return RendezvousTable.build(spec)
+    old = dict(current.spec)
+    new = dict(spec)
+    gone = [key for key in old if key not in new]
+    added = [key for key in new if key not in old]
+    changed = [key for key in new if key in old and old[key] != new[key]]
+    # each change walks about T/n cells (a re-weight twice): past n/4 changes, build afresh
+    if (len(gone) + len(added) + 2 * len(changed)) * 4 > max(4, len(spec)):
+        return RendezvousTable.build(spec)
+    table = current.copy()
+    for key in gone:
+        table.remove(key)
+    for key in changed:
+        table.reweight(key, new[key])
+    for key in added:
+        table.add(key, new[key])
+    return RendezvousTable.build(spec) if table.drifted() else table

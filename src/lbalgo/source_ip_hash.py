@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 import socket
 import time
-import weakref
 from array import array
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import mmh3
 
-from lbalgo._address import STRICT_PTON, address_key, address_text
-from lbalgo._nginx_chash import MAX_TRIES, Ring
-from lbalgo._table import TABLE_SIZE, RendezvousTable
+from lbalgo._address import STRICT_PTON, address_key, remote_addr
+from lbalgo._nginx_chash import MAX_TRIES, Ring, RoundRobin, servers_for
+from lbalgo._table import TABLE_SIZE, RendezvousTable, table_for
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.scheduler import BaseScheduler, Client, Exclude, Lease, _Slot
 
@@ -64,68 +63,6 @@ def _check_balance_factor(balance_factor: object) -> Fraction | None:
         )
     # the decimal the user wrote (1.05 is 21/20), not its binary approximation
     return Fraction(str(balance_factor))
-
-
-# tables in use by some scheduler, by spec: tables are never changed once made (updates change
-# a copy), so schedulers over one group share one; it goes when the last of them does
-_LIVE_TABLES: weakref.WeakValueDictionary[tuple[tuple[str, int], ...], RendezvousTable] = (
-    weakref.WeakValueDictionary()
-)
-
-
-def _prepare_table(
-    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...]
-) -> RendezvousTable:
-    """The table for ``spec``: one in use elsewhere, ``current`` changed where the spec
-    differs (a copy: the current one may be in use by lock-free readers), or a fresh build
-    when that is cheaper."""
-    table = _LIVE_TABLES.get(spec)
-    if table is None:
-        table = _changed_table(current, spec)
-        _LIVE_TABLES[spec] = table
-    return table
-
-
-def _changed_table(
-    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...]
-) -> RendezvousTable:
-    if current is None:
-        return RendezvousTable.build(spec)
-    old = dict(current.spec)
-    new = dict(spec)
-    gone = [key for key in old if key not in new]
-    added = [key for key in new if key not in old]
-    changed = [key for key in new if key in old and old[key] != new[key]]
-    # each change walks about T/n cells (a re-weight twice): past n/4 changes, build afresh
-    if (len(gone) + len(added) + 2 * len(changed)) * 4 > max(4, len(spec)):
-        return RendezvousTable.build(spec)
-    table = current.copy()
-    for key in gone:
-        table.remove(key)
-    for key in changed:
-        table.reweight(key, new[key])
-    for key in added:
-        table.add(key, new[key])
-    return RendezvousTable.build(spec) if table.drifted() else table
-
-
-def _servers_for(group: BackendGroup, weights: dict[str, int]) -> tuple[tuple[str, int], ...]:
-    """nginx's server lines for ``group`` in upstream order: (server text, weight)."""
-    # a weight-0 backend keeps its points at its last weight: draining it moves nobody else
-    servers = ((server_text(b), b.weight or weights.get(b.key, 0)) for b in group)
-    return tuple((text, weight) for text, weight in servers if weight > 0)
-
-
-def server_text(backend: Backend) -> str:
-    """The text nginx hashes for this backend's ``server`` line in ``compat="nginx"``: its
-    ``name`` when it has one (:func:`lbalgo.nginx.load_upstream` sets it to the server
-    address exactly as written, e.g. ``"10.0.0.2"`` for ``server 10.0.0.2;``), otherwise
-    ``host:port`` (``[v6]:port`` for IPv6).
-
-    >>> server_text(Backend("10.0.0.2", 80, name="10.0.0.2")), server_text(Backend("::1", 81))
-    ('10.0.0.2', '[::1]:81')
-    """
-    return backend.name if backend.name is not None else backend.address
 
 
 class SourceIPHash(BaseScheduler):
@@ -198,6 +135,7 @@ class SourceIPHash(BaseScheduler):
         # slot of every id (None: no table)
         self._table: tuple[array[int], list[_Slot | None]] | None = None
         self._ring: Ring | None = None
+        self._round_robin = RoundRobin()  # what nginx falls back to after 20 unusable points
         self._blocked: frozenset[_Slot] = frozenset()
         self._fast = False
         self._opens: dict[str, int] = {}
@@ -263,9 +201,9 @@ class SourceIPHash(BaseScheduler):
                 spec = self._spec_for(group, weights)
                 current = self._rendezvous
                 if spec and spec != self._spec:
-                    self._prepared = (spec, _prepare_table(current, spec))
+                    self._prepared = (spec, table_for(current, spec))
             else:
-                spec = _servers_for(group, weights)
+                spec = servers_for(group, weights)
                 if spec and spec != self._spec:
                     self._prepared = (spec, Ring(spec))
         super().update(group)
@@ -273,9 +211,13 @@ class SourceIPHash(BaseScheduler):
     # -- BaseScheduler hooks -------------------------------------------------------------------
 
     def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
-        key = address_key(client)
-        candidates = self._nginx_walk(key) if self._ring is not None else self._choices(key)
         bound = self._bound
+        if self._ring is not None:
+            if bound is None:
+                return self._nginx_choose(remote_addr(client), exclude, now)
+            candidates = self._nginx_walk(remote_addr(client))
+        else:
+            candidates = self._choices(address_key(client))
         if bound is None:
             for slot in candidates:
                 if slot.key not in exclude and self._eligible(slot, now):
@@ -361,7 +303,7 @@ class SourceIPHash(BaseScheduler):
                 assert isinstance(prepared[1], RendezvousTable)
                 self._rendezvous = prepared[1]
             else:
-                self._rendezvous = _prepare_table(self._rendezvous, spec)
+                self._rendezvous = table_for(self._rendezvous, spec)
             self._prepared = None
             self._spec = spec
         table = self._rendezvous
@@ -378,7 +320,7 @@ class SourceIPHash(BaseScheduler):
 
     def _rebuild_ring(self) -> None:
         weights = self._table_weights
-        servers = _servers_for(self._group, weights)
+        servers = servers_for(self._group, weights)
         if servers != self._spec or self._ring is None:
             prepared = self._prepared
             if prepared is not None and prepared[0] == servers:
@@ -388,9 +330,8 @@ class SourceIPHash(BaseScheduler):
                 self._ring = Ring(servers)
             self._prepared = None
             self._spec = servers
-        self._members = tuple(
-            slot for slot in self._order if weights.get(slot.key, 0) > 0
-        )
+        self._members = tuple(slot for slot in self._order if weights.get(slot.key, 0) > 0)
+        self._round_robin.sync([(slot.key, slot.backend.weight) for slot in self._order])
 
     def _fine_weight_sum(self, now: float) -> int:
         return sum(self._fine_weight(slot, now) for slot in self._order)
@@ -411,19 +352,41 @@ class SourceIPHash(BaseScheduler):
             if slot is not None and slot is not first:
                 yield slot
 
-    def _nginx_walk(self, key: bytes) -> Iterator[_Slot]:
-        """The ring points nginx visits for this client, as backends; after nginx's 20 steps
-        (where nginx would round-robin) the walk goes on along the ring, deterministically."""
+    def _nginx_choose(self, text: str, exclude: frozenset[str], now: float) -> _Slot:
+        """``ngx_http_upstream_get_chash_peer``: the first usable server of the 21 ring points
+        from the client's, else nginx's round robin over the usable servers (tried, that is
+        excluded, down, weight 0 and suspended ones are not usable). O(log P + n)."""
+        ring, members = self._ring, self._members
+        if ring is not None and len(ring) and len(self._order) > 1:
+            owners, count = ring.owners, len(ring)
+            start = ring.start(text)
+            for step in range(min(MAX_TRIES + 1, count)):
+                slot = members[owners[(start + step) % count]]
+                if slot.key not in exclude and self._eligible(slot, now):
+                    self._round_robin.took_part(slot.key, slot.backend.weight)
+                    return slot
+        usable = [
+            (slot.key, slot.backend.weight)
+            for slot in self._order
+            if slot.key not in exclude and self._eligible(slot, now)
+        ]
+        chosen = self._round_robin.pick(usable)
+        if chosen is None:
+            raise self._no_backend(exclude)
+        return self._slots[chosen]
+
+    def _nginx_walk(self, text: str) -> Iterator[_Slot]:
+        """Bounded loads in nginx mode: the ring points nginx visits for this client, as
+        backends, then each remaining backend once, in ring order (deterministic)."""
         ring = self._ring
         if ring is None or not len(ring):
             return
         members = self._members
         owners = ring.owners
         count = len(ring)
-        start = ring.start(address_text(key))
+        start = ring.start(text)
         for step in range(min(MAX_TRIES + 1, count)):
             yield members[owners[(start + step) % count]]
-        # past nginx's last step, each remaining backend once, in ring order
         seen: set[int] = set()
         for step in range(MAX_TRIES + 1, count):
             owner = owners[(start + step) % count]
