@@ -5,7 +5,8 @@ Everything public is importable from here; see ``docs/`` for the guide and API r
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
-from lbalgo.ledger import ConnectionLedger, LocalLedger
+from lbalgo.ledger import ConnectionLedger
+from lbalgo.local_ledger import LocalLedger
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler

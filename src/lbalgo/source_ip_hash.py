@@ -23,10 +23,12 @@ from fractions import Fraction
 import mmh3
 
 from lbalgo._address import STRICT_PTON, address_key, remote_addr
+from lbalgo._base import BaseScheduler
 from lbalgo._nginx_chash import MAX_TRIES, Ring, RoundRobin, servers_for
+from lbalgo._slot import Slot
 from lbalgo._table import TABLE_SIZE, RendezvousTable, table_for
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.scheduler import BaseScheduler, Client, Exclude, Lease, _Slot
+from lbalgo.scheduler import Client, Exclude, Lease
 
 __all__ = ["HASH_VERSION", "SourceIPHash"]
 
@@ -130,16 +132,17 @@ class SourceIPHash(BaseScheduler):
         # a table or ring made for a spec outside the lock by update(), taken by _rebuild
         self._prepared: tuple[tuple[tuple[str, int], ...], RendezvousTable | Ring] | None = None
         self._rendezvous: RendezvousTable | None = None
-        self._members: tuple[_Slot, ...] = ()
+        self._members: tuple[Slot, ...] = ()
         # what the lock-free fast path reads in one go: the owner id of every cell and the
         # slot of every id (None: no table)
-        self._table: tuple[array[int], list[_Slot | None]] | None = None
+        self._table: tuple[array[int], list[Slot]] | None = None
         self._ring: Ring | None = None
         self._round_robin = RoundRobin()  # what nginx falls back to after 20 unusable points
-        self._blocked: frozenset[_Slot] = frozenset()
+        self._blocked: frozenset[Slot] = frozenset()
         self._fast = False
-        self._opens: dict[str, int] = {}
-        self._opens_order: tuple[_Slot, ...] | None = None
+        # bounded loads: every release must come back to count total_open down
+        self._hooked = self._bound is not None
+        self._opens_order: tuple[Slot, ...] | None = None
         self._total_open = 0
         self._weight_sum = 0
         self._any_ramp = False
@@ -170,7 +173,6 @@ class SourceIPHash(BaseScheduler):
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
             slot = table[1][table[0][_hash(key, _CLIENT_SEED) % TABLE_SIZE]]
-            assert slot is not None
             if slot not in self._blocked:
                 next(slot.picks)
                 return slot.backend
@@ -186,11 +188,11 @@ class SourceIPHash(BaseScheduler):
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
             slot = table[1][table[0][_hash(key, _CLIENT_SEED) % TABLE_SIZE]]
-            assert slot is not None
             if slot not in self._blocked:
                 next(slot.picks)
-                return Lease(self, slot)
-        return Lease(self, self._pick_slot(client, exclude))
+                return Lease(slot.backend, slot, self._end_lease)
+        slot = self._pick_slot(client, exclude)
+        return Lease(slot.backend, slot, self._end_lease)
 
     def update(self, group: BackendGroup) -> None:
         """Swap in a new group; the new table is built before the lock is taken, so picks
@@ -210,7 +212,7 @@ class SourceIPHash(BaseScheduler):
 
     # -- BaseScheduler hooks -------------------------------------------------------------------
 
-    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         bound = self._bound
         if self._ring is not None:
             if bound is None:
@@ -236,21 +238,18 @@ class SourceIPHash(BaseScheduler):
             # open < ceil(c * (total + 1) * w / W), in exact integer arithmetic
             limit = numerator * (total + 1) * weight
             cap = -(-limit // (denominator * weight_sum))
-            if self._opens.get(slot.key, 0) < cap:
-                self._opens[slot.key] = self._opens.get(slot.key, 0) + 1
+            if slot.open < cap:
                 self._total_open += 1
                 return slot
         raise self._no_backend(exclude)
 
-    def _on_release(self, slot: _Slot) -> None:
-        if self._bound is not None and self._opens.get(slot.key, 0) > 0:
-            self._opens[slot.key] -= 1
+    def _released(self, slot: Slot) -> None:
+        if self._total_open > 0:
             self._total_open -= 1
 
-    def _on_take(self, slot: _Slot) -> None:
+    def _taken(self, slot: Slot) -> None:
         # a wrapper (sticky sessions) picked this backend itself: count it against the cap
         if self._bound is not None:
-            self._opens[slot.key] = self._opens.get(slot.key, 0) + 1
             self._total_open += 1
 
     def _rebuild(self) -> None:
@@ -270,8 +269,7 @@ class SourceIPHash(BaseScheduler):
         self._weight_sum = sum(s.backend.weight for s in order if self._eligible(s, now))
         self._any_ramp = self._ramping()
         if self._bound is not None and self._opens_order is not order:
-            self._opens = {s.key: s.open for s in order}
-            self._total_open = sum(self._opens.values())
+            self._total_open = sum(s.open for s in order)
             self._opens_order = order
         self._fast = (
             self._compat is None
@@ -312,11 +310,11 @@ class SourceIPHash(BaseScheduler):
             self._members = ()
             return
         # a key removed and added again has a new slot: map ids to slots on every rebuild
-        slots: list[_Slot | None] = [
-            None if member is None else self._slots[member.key] for member in table.members
-        ]
-        self._table = (table.owner, slots)
-        self._members = tuple(slot for slot in slots if slot is not None)
+        members = [None if m is None else self._slots[m.key] for m in table.members]
+        live = [slot for slot in members if slot is not None]
+        # ids of departed members never occur in the table: any slot may stand in for them
+        self._table = (table.owner, [live[0] if slot is None else slot for slot in members])
+        self._members = tuple(live)
 
     def _rebuild_ring(self) -> None:
         weights = self._table_weights
@@ -336,7 +334,7 @@ class SourceIPHash(BaseScheduler):
     def _fine_weight_sum(self, now: float) -> int:
         return sum(self._fine_weight(slot, now) for slot in self._order)
 
-    def _choices(self, key: bytes) -> Iterator[_Slot]:
+    def _choices(self, key: bytes) -> Iterator[Slot]:
         """The client's fixed order of choices: the backends by score at its cell (the first
         is the table's owner of the cell; the rest are scored only when needed, O(n))."""
         table, rendezvous = self._table, self._rendezvous
@@ -345,14 +343,13 @@ class SourceIPHash(BaseScheduler):
         cells, slots = table
         cell = _hash(key, _CLIENT_SEED) % TABLE_SIZE
         first = slots[cells[cell]]
-        assert first is not None
         yield first
         for ident in rendezvous.ranking(cell):
             slot = slots[ident]
-            if slot is not None and slot is not first:
+            if slot is not first:
                 yield slot
 
-    def _nginx_choose(self, text: str, exclude: frozenset[str], now: float) -> _Slot:
+    def _nginx_choose(self, text: str, exclude: frozenset[str], now: float) -> Slot:
         """``ngx_http_upstream_get_chash_peer``: the first usable server of the 21 ring points
         from the client's, else nginx's round robin over the usable servers (tried, that is
         excluded, down, weight 0 and suspended ones are not usable). O(log P + n)."""
@@ -375,7 +372,7 @@ class SourceIPHash(BaseScheduler):
             raise self._no_backend(exclude)
         return self._slots[chosen]
 
-    def _nginx_walk(self, text: str) -> Iterator[_Slot]:
+    def _nginx_walk(self, text: str) -> Iterator[Slot]:
         """Bounded loads in nginx mode: the ring points nginx visits for this client, as
         backends, then each remaining backend once, in ring order (deterministic)."""
         ring = self._ring
