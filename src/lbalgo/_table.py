@@ -30,6 +30,7 @@ whose owner scores above ``theta``; outside the tail a known runner-up scores at
 
 from __future__ import annotations
 
+import heapq
 import math
 import weakref
 from array import array
@@ -160,9 +161,12 @@ class RendezvousTable:
         runner = [NONE] * size
         # members in key order with strict comparisons: on equal scores the lower key wins
         for ident, member in enumerate(members):
-            weight, skip, cell = member.weight, member.skip, member.offset
-            for rank in range(lengths[ident]):
-                score = exps[rank] / weight
+            count, skip = lengths[ident], member.skip
+            # cells and scores of its first ranks, each made in one C loop: offset + k * skip
+            # mod T, and E(k) / weight (the same float division as Member.score)
+            cells = map(size.__rmod__, range(member.offset, member.offset + count * skip, skip))
+            scores = map(float(member.weight).__rtruediv__, exps[:count])
+            for cell, score in zip(cells, scores):
                 if score < best[cell]:
                     second[cell] = best[cell]
                     runner[cell] = owner[cell]
@@ -171,9 +175,6 @@ class RendezvousTable:
                 elif score < second[cell]:
                     second[cell] = score
                     runner[cell] = ident
-                cell += skip
-                if cell >= size:
-                    cell -= size
         del best, second
         tail = {cell for cell in range(size) if owner[cell] == NONE}
         for cell in tail:
@@ -369,19 +370,14 @@ class RendezvousTable:
 
     def _top_two(self, cell: int) -> tuple[int, int]:
         """The ids with the lowest and second lowest score at ``cell``: O(n)."""
-        size = self.size
-        best = second = (math.inf, "")
-        first_id = second_id = NONE
-        for ident, member in enumerate(self.members):
-            if member is None:
-                continue
-            scored = (member.score(cell, size), member.key)
-            if scored < best:
-                second, second_id = best, first_id
-                best, first_id = scored, ident
-            elif scored < second:
-                second, second_id = scored, ident
-        return first_id, second_id
+        size, log1p = self.size, _log1p
+        scored = [
+            (-log1p(-((cell - m.offset) * m.inverse % size + 0.5) / size) / m.weight, m.key, i)
+            for i, m in enumerate(self.members)
+            if m is not None
+        ]
+        best = heapq.nsmallest(2, scored)
+        return best[0][2], best[1][2] if len(best) > 1 else NONE
 
     def _check(self) -> None:
         """Assert every invariant against a full scoring of every cell: O(n T), for tests."""

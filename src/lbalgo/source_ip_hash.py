@@ -7,7 +7,7 @@ that came or went, and the table is a function of the group's (key, weight) pair
 rest of a client's ranking at its cell is its fixed order of further choices, so a backend
 that is down, weight 0, suspended or excluded hands each of its clients to exactly the backend
 it would get if that backend were removed: nobody else moves, no table is rebuilt, and when it
-returns exactly its clients come back. ``compat="nginx"`` instead rebuilds nginx's own ring
+returns exactly its clients come back. ``compat="nginx"`` instead builds nginx's own ring
 (:mod:`lbalgo._nginx_chash`). ``balance_factor`` adds bounded loads.
 """
 
@@ -78,10 +78,11 @@ class SourceIPHash(BaseScheduler):
     feature (slow start, passive health) is on (``compat="nginx"``: O(log P) on nginx's ring
     of P points, under the lock). A backend that is down, weight
     0, suspended or excluded hands its clients to their next choices (exactly where they go
-    when it is removed), scored in O(n) for those clients only; nobody else moves. Building
-    the table for a new membership or weight is O(T log n) for T = 393,209 cells (0.2-0.6 s,
-    done before the lock is taken); after it only the clients of the backend that came, went
-    or changed weight have moved.
+    when it is removed), scored in O(n) for those clients only; nobody else moves. A first
+    build is O(T log n) for T = 393,209 cells; an update that adds, removes or re-weights one
+    backend touches only that backend's cells, O(T/n log n), on a copy made outside the lock
+    (``await asyncio.to_thread(sched.update, group)`` keeps an event loop free meanwhile);
+    after it only the clients of the backend that came, went or changed weight have moved.
 
     Options: ``compat="nginx"`` places every client exactly as nginx's
     ``hash $remote_addr consistent`` does for the same ``server host:port weight=w`` lines in
