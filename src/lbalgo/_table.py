@@ -34,7 +34,7 @@ import heapq
 import math
 import weakref
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import mmh3
 
@@ -57,7 +57,8 @@ PERMUTATION_SEED = 0x4C42_0001
 NONE = 0xFFFF
 """The member id stored for "no member" / "runner-up unknown"."""
 
-_RANKINGS_KEPT = 1024  # recent cells whose full rankings are kept (clients of a down backend)
+_RANKINGS_KEPT = 4096  # recent cells whose first choices are kept (clients of a down backend)
+_PREFIX = 8  # choices kept per cell: enough for all but the rarest fall-through
 _log1p = math.log1p
 
 
@@ -166,7 +167,7 @@ class RendezvousTable:
             # mod T, and E(k) / weight (the same float division as Member.score)
             cells = map(size.__rmod__, range(member.offset, member.offset + count * skip, skip))
             scores = map(float(member.weight).__rtruediv__, exps[:count])
-            for cell, score in zip(cells, scores):
+            for cell, score in zip(cells, scores, strict=True):
                 if score < best[cell]:
                     second[cell] = best[cell]
                     runner[cell] = owner[cell]
@@ -216,20 +217,24 @@ class RendezvousTable:
         spread = self._theta * sum(m.weight for m in members)
         return spread > 2 * expected + 1 or len(self._tail) > 4 * self.size / len(members) + 64
 
-    def ranking(self, cell: int) -> tuple[int, ...]:
+    def ranking(self, cell: int) -> Iterator[int]:
         """Member ids from lowest to highest score at ``cell`` (ties: lower key). O(n log n),
-        then O(1) while among the last cells ranked (clients of a down backend come back)."""
+        then O(1) for the first few while the cell is among the last ranked (the clients of a
+        down backend keep coming back to the same cells)."""
         kept = self._kept.get(cell)
+        if kept is not None:
+            yield from kept
+            if len(kept) < _PREFIX:
+                return
+        size = self.size
+        scored = sorted(
+            (m.score(cell, size), m.key, i) for i, m in enumerate(self.members) if m is not None
+        )
         if kept is None:
-            size = self.size
-            scored = sorted(
-                (m.score(cell, size), m.key, i) for i, m in enumerate(self.members) if m is not None
-            )
-            kept = tuple(i for _score, _key, i in scored)
             if len(self._kept) >= _RANKINGS_KEPT:
                 self._kept.clear()
-            self._kept[cell] = kept
-        return kept
+            self._kept[cell] = tuple(i for _score, _key, i in scored[:_PREFIX])
+        yield from (i for _score, _key, i in scored[len(kept or ()) :])
 
     # -- changes -------------------------------------------------------------------------------
 
