@@ -35,6 +35,7 @@ import math
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
+from itertools import compress
 
 import mmh3
 
@@ -177,7 +178,7 @@ class RendezvousTable:
                     second[cell] = score
                     runner[cell] = ident
         del best, second
-        tail = {cell for cell in range(size) if owner[cell] == NONE}
+        tail = set(compress(range(size), map(NONE.__eq__, owner)))
         for cell in tail:
             owner[cell], runner[cell] = table._top_two(cell)
         table.owner = array("H", owner)
