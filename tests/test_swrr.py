@@ -27,7 +27,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -38,8 +37,14 @@ from lbalgo import (
 )
 from lbalgo.bench import swrr as swrr_bench
 from lbalgo.scheduler import RAMP_STEPS
-from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups
-from threads import run_threads
+from lbalgo.testing import (
+    check_internals,
+    check_never_picks_ineligible,
+    check_weights_respected,
+    groups,
+)
+from support.clocks import FakeClock
+from support.threads import run_threads
 
 
 class NginxModel:
@@ -288,6 +293,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
 
     @invariant()
     def counts_agree(self) -> None:
+        check_internals(self.sched)
         stats = self.sched.stats()
         assert list(stats) == list(self.weights)
         for key, stat in stats.items():

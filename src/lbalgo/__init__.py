@@ -5,7 +5,7 @@ Everything public is importable from here; see ``docs/`` for the guide and API r
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
 from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
-from lbalgo.ledger import ConnectionLedger
+from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
@@ -22,6 +22,7 @@ __all__ = [
     "BackendGroup",
     "BackendStats",
     "ConnectionLedger",
+    "IncrementalLedger",
     "InvalidBackendError",
     "InvalidGroupError",
     "LbalgoError",

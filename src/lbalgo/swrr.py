@@ -22,7 +22,7 @@ from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo._swrr_replay import EMPTY, ClassGenerator, Epoch, Stream, unscale
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.scheduler import Client, Clock, Exclude
+from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
 __all__ = ["SmoothWeightedRoundRobin"]
 
@@ -133,6 +133,18 @@ class SmoothWeightedRoundRobin(BaseScheduler):
                 pass
         return self._pick_slot(client, exclude).backend
 
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
+        """The next backend in nginx's sequence, held by a :class:`~lbalgo.Lease` (O(1)
+        and lock-free when nothing is excluded, its exit too)."""
+        if not exclude:
+            try:
+                slot, backend, _ = next(self._stream)
+                return Lease(backend, slot, self._end_lease)
+            except StopIteration:
+                pass
+        slot = self._pick_slot(client, exclude)
+        return Lease(slot.backend, slot, self._end_lease)
+
     def _pick_slot(self, client: Client, exclude: Exclude) -> Slot:
         if not exclude:
             try:
@@ -199,6 +211,20 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             )
             self._scale = 1
         self._start_epoch()
+
+    def _check(self) -> None:
+        """Assert the invariants of the shared state and of the rotation: every slot has a
+        current weight; an epoch covers eligible slots at their weights, and a proven cycle
+        gives each exactly its weight (see ``Epoch._check``)."""
+        super()._check()
+        assert set(self._current) == set(self._order)
+        assert self._scale in (1, RAMP_STEPS)
+        epoch = self._epoch
+        if epoch is not None:
+            now = self._now()
+            assert all(slot.live and self._eligible(slot, now) for slot in epoch.slots)
+            assert epoch.weights == tuple(slot.weight for slot in epoch.slots)
+            epoch._check()
 
     # -- internals ---------------------------------------------------------------------------
 
