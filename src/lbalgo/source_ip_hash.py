@@ -74,7 +74,7 @@ class SourceIPHash(BaseScheduler):
     ``IPv6Address``; ``"::ffff:10.0.0.1"`` is ``"10.0.0.1"``, IPv6 in any compression or case
     is one client) and raises ``ValueError`` naming anything else. The answer is the same in
     every process, host and Python version (see :data:`HASH_VERSION`). Lookup is O(1): one
-    address parse, one mmh3 hash, one table index, lock-free unless bounded loads are on or a
+    address parse, one mmh3 hash, two array indexes, lock-free unless bounded loads are on or a
     slow-start ramp or passive-health suspension is in progress (``compat="nginx"``:
     O(log P) on nginx's ring of P points, under the lock). A backend that is down, weight
     0, suspended or excluded hands its clients to their next choices (exactly where they go
