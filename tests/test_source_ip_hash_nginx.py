@@ -8,17 +8,23 @@ Skipped with a clear reason when nginx is not installed; CI installs it.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import ipaddress
 import random
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
-from lbalgo._address import address_key, address_text
+from lbalgo._address import address_key, address_text, remote_addr
 from lbalgo._nginx_chash import POINTS_PER_WEIGHT, Ring, server_points
-from nginx_harness import NginxHarness, nginx_harness, upstream_servers
+from nginx_harness import NginxHarness, nginx_harness, require_nginx, upstream_servers
 
 __all__ = ["nginx_harness"]  # the fixture, re-exported so pytest finds it here
 
@@ -65,6 +71,17 @@ NGINX_TEXT = [
 @pytest.mark.parametrize(("address", "text"), NGINX_TEXT)
 def test_key_text_is_what_nginx_prints(address: str, text: str) -> None:
     assert address_text(address_key(address)) == text
+    # compat="nginx" hashes the client as given: only the IPv4-mapped spelling differs
+    expected = address.lower() if address.lower().startswith("::ffff:") else text
+    assert remote_addr(address) == expected
+
+
+def test_remote_addr_keeps_the_family_it_was_given() -> None:
+    assert remote_addr(ipaddress.IPv4Address("10.0.0.1")) == "10.0.0.1"
+    assert remote_addr(ipaddress.IPv6Address("::ffff:10.0.0.1")) == "::ffff:10.0.0.1"
+    assert remote_addr("::FFFF:0A00:0001") == "::ffff:10.0.0.1"
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.1:80'"):
+        remote_addr("10.0.0.1:80")
 
 
 @given(st.ip_addresses(v=6))
@@ -82,7 +99,7 @@ def test_ring_has_160_points_per_weight_unit() -> None:
     servers = [("127.0.0.1:8001", 3), ("127.0.0.1:8002", 1), ("[::1]:8003", 2)]
     ring = Ring(servers)
     assert len(ring) == POINTS_PER_WEIGHT * 6  # no collisions among these
-    assert ring.values == sorted(ring.values)
+    assert list(ring.values) == sorted(ring.values)
     for index, (server, weight) in enumerate(servers):
         points = server_points(server, weight)
         assert len(points) == weight * POINTS_PER_WEIGHT
@@ -160,7 +177,7 @@ def test_places_every_client_as_nginx(
     answered = set()
     for address in covering_sample(sched, index, up):
         ours = index[sched.pick(address).key]
-        theirs = proxy.answer({"X-Client": address_text(address_key(address))})
+        theirs = proxy.answer({"X-Client": remote_addr(address)})
         answered.add(theirs)
         if ours != theirs:
             mismatches.append((address, ours, theirs))
@@ -177,3 +194,207 @@ def test_remote_addr_key(nginx_harness: NginxHarness) -> None:
     sched = SourceIPHash(group, compat="nginx")
     expected = str(group.keys().index(sched.pick("127.0.0.1").key))
     assert proxy.answers(3) == [expected] * 3
+
+
+# -- recorded from a real nginx: $remote_addr of real client sockets ------------------------
+#
+# No backends run here: every server line points at a loopback address where nothing listens
+# (127.200.0.0/16), nginx answers 502 at once, and `$upstream_addr` in a header says which
+# server it chose. `max_fails=0` keeps those refusals from counting as failures, and
+# `proxy_next_upstream off` keeps one choice per request. Each request comes from its own
+# connection, bound to its own 127.0.0.0/8 source address, so nginx hashes a real
+# `$remote_addr`; on the dual-stack listener (an IPv6 socket on ::ffff:127.0.0.1) nginx sees
+# those IPv4 clients as ::ffff:127.x.y.z.
+
+_RECORDING_CONFIG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log crit;
+events {{
+    worker_connections 64;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream recorded {{
+        hash $remote_addr consistent;
+{servers}
+    }}
+    server {{
+{listen}
+        location / {{
+            proxy_pass http://recorded;
+            proxy_next_upstream off;
+            proxy_connect_timeout 2s;
+            add_header X-Upstream $upstream_addr always;
+            add_header X-Remote $remote_addr always;
+        }}
+    }}
+}}
+"""
+_MAX_RECORDED = 600  # requests per recording: every loop here is bounded
+
+
+class RecordingNginx:
+    """A real nginx whose upstream hashes ``$remote_addr``; :meth:`choice` sends one request
+    from a given loopback source address and returns (the server nginx chose, the
+    ``$remote_addr`` it saw)."""
+
+    def __init__(self, workdir: Path, servers: list[str], *, dual_stack: bool) -> None:
+        self.workdir = workdir
+        self.port = 0
+        body = "\n".join(f"        server {line} max_fails=0;" for line in servers)
+        for _attempt in range(5):
+            port = _free_port()
+            listen = (
+                f"        listen [::ffff:127.0.0.1]:{port} ipv6only=off;\n"
+                f"        listen [::1]:{port};"
+                if dual_stack
+                else f"        listen 127.0.0.1:{port};"
+            )
+            config = workdir / "nginx.conf"
+            config.write_text(_RECORDING_CONFIG.format(dir=workdir, servers=body, listen=listen))
+            (workdir / "error.log").unlink(missing_ok=True)
+            self._process = subprocess.Popen(
+                [
+                    require_nginx(),
+                    "-p",
+                    str(workdir),
+                    "-e",
+                    str(workdir / "error.log"),
+                    "-c",
+                    str(config),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._ready(port):
+                self.port = port
+                return
+            self.stop()
+        raise RuntimeError("nginx did not start on a free port in 5 attempts")
+
+    def _ready(self, port: int) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._process.poll() is None:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return True
+            time.sleep(0.02)
+        return False
+
+    def choice(self, source: str) -> tuple[str, str]:
+        host = "::1" if ":" in source else "127.0.0.1"
+        connection = http.client.HTTPConnection(
+            host, self.port, timeout=10, source_address=(source, 0)
+        )
+        try:
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        upstream, remote = response.getheader("X-Upstream"), response.getheader("X-Remote")
+        assert upstream is not None, response.status
+        assert remote is not None, response.status
+        return upstream, remote
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _recorded_group(
+    count: int, rng: random.Random, *, portless_every: int, max_weight: int
+) -> tuple[BackendGroup, list[str]]:
+    """``count`` servers at 127.200.x.y (every ``portless_every``-th written without a port:
+    its Backend keeps that text as its name, as ``load_upstream`` makes it), random weights."""
+    backends, lines = [], []
+    for index in range(count):
+        host = f"127.200.{index // 250}.{index % 250 + 1}"
+        weight = rng.randint(1, max_weight)
+        if portless_every and index % portless_every == 0:
+            backends.append(Backend(host, 80, weight, name=host))
+            lines.append(f"{host} weight={weight}")
+        else:
+            port = rng.randint(1024, 65000)
+            backends.append(Backend(host, port, weight))
+            lines.append(f"{host}:{port} weight={weight}")
+    return BackendGroup(backends), lines
+
+
+RECORDINGS = [
+    # (id, servers, max weight, port-less every n-th, down fraction, dual stack, requests)
+    ("500-servers-weights-1-100", 500, 100, 0, 0.0, False, 300),
+    ("dual-stack-portless", 24, 20, 2, 0.0, True, 200),
+    ("most-down-round-robin", 32, 5, 3, 0.9, True, 200),
+]
+
+
+@pytest.mark.parametrize(
+    ("count", "max_weight", "portless", "down_share", "dual", "requests"),
+    [r[1:] for r in RECORDINGS],
+    ids=[r[0] for r in RECORDINGS],
+)
+def test_remote_addr_pick_for_pick_as_nginx(
+    tmp_path: Path,
+    count: int,
+    max_weight: int,
+    portless: int,
+    down_share: float,
+    dual: bool,
+    requests: int,
+) -> None:
+    rng = random.Random(f"{count}-{portless}-{down_share}")
+    group, lines = _recorded_group(count, rng, portless_every=portless, max_weight=max_weight)
+    down = set(rng.sample(range(count), int(count * down_share)))
+    lines = [line + (" down" if i in down else "") for i, line in enumerate(lines)]
+    by_address = {f"{b.host}:{b.port}": b.key for b in group}
+    sched = SourceIPHash(group, compat="nginx")
+    for i in down:
+        sched.mark_down(group.keys()[i])
+    sources = [
+        f"127.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        for _ in range(min(requests, _MAX_RECORDED))
+    ]
+    if dual:
+        sources[len(sources) // 2] = "::1"
+    nginx = RecordingNginx(tmp_path, lines, dual_stack=dual)
+    try:
+        recorded = [nginx.choice(source) for source in sources]
+    finally:
+        nginx.stop()
+    mismatches = []
+    for source, (upstream, remote) in zip(sources, recorded, strict=True):
+        if ":" not in source:
+            # what a proxy's socket reports for this client: dual stack sees it mapped
+            assert remote == (f"::ffff:{source}" if dual else source)
+        ours = sched.pick(remote).key
+        if ours != by_address[upstream]:
+            mismatches.append((remote, ours, by_address[upstream]))
+    assert not mismatches, mismatches[:10]
+    chosen = {by_address[upstream] for upstream, _remote in recorded}
+    if down:
+        # most of them down: the 20-point limit was reached and round robin spread the rest
+        assert len(chosen) == count - len(down)
+    else:
+        assert len(chosen) > min(count, requests) // 4

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-__all__ = ["STRICT_PTON", "address_key", "address_text", "bad_address"]
+__all__ = ["STRICT_PTON", "address_key", "address_text", "bad_address", "remote_addr"]
 
 _INET = socket.AF_INET
 _INET6 = socket.AF_INET6
@@ -42,8 +42,7 @@ STRICT_PTON = _pton_is_strict()
 def bad_address(client: object) -> ValueError:
     """The error for something that is not a client address, naming it."""
     return ValueError(
-        f"client must be an IPv4 or IPv6 address (str, IPv4Address or IPv6Address), "
-        f"got {client!r}"
+        f"client must be an IPv4 or IPv6 address (str, IPv4Address or IPv6Address), got {client!r}"
     )
 
 
@@ -85,18 +84,48 @@ def address_key(client: object) -> bytes:
     raise bad_address(client)
 
 
+def remote_addr(client: object) -> str:
+    """The client as nginx's ``$remote_addr`` prints it, spelled as given: an IPv4 address in
+    dotted decimal, any IPv6 address (IPv4-mapped ones included: ``::ffff:10.0.0.1`` is what
+    a dual-stack listener sees for an IPv4 client) as ``ngx_inet6_ntop`` writes it.
+
+    O(1). Raises ``ValueError`` naming the value for anything that is not an address.
+
+    >>> remote_addr("10.0.0.1"), remote_addr("::FFFF:10.0.0.1"), remote_addr("2001:DB8::0:1")
+    ('10.0.0.1', '::ffff:10.0.0.1', '2001:db8::1')
+    """
+    if type(client) is str and STRICT_PTON:
+        try:
+            if ":" in client:
+                return address_text(_pton(_INET6, client))
+            return address_text(_pton(_INET, client))
+        except (OSError, ValueError):  # ValueError: an embedded NUL character
+            pass
+    if isinstance(client, str):
+        try:
+            parsed = ip_address(client)
+        except ValueError:
+            raise bad_address(client) from None
+        return address_text(parsed.packed)
+    if isinstance(client, (IPv4Address, IPv6Address)):
+        return address_text(client.packed)
+    raise bad_address(client)
+
+
 def address_text(key: bytes) -> str:
     """The address as nginx prints ``$remote_addr`` for a client with this key.
 
     IPv4 in dotted decimal; IPv6 as ``ngx_inet6_ntop`` writes it: lower-case hex, the first
     longest run of two or more zero groups compressed, and the last 32 bits in dotted decimal
-    for IPv4-compatible addresses (``::1.2.3.4``, but not ``::1`` or ``::ff``). Python's
-    ``str(IPv6Address)`` differs there.
+    for IPv4-mapped (``::ffff:1.2.3.4``) and IPv4-compatible addresses (``::1.2.3.4``, but not
+    ``::1`` or ``::ff``). Python's ``str(IPv6Address)`` differs there.
 
     >>> address_text(address_key("::FFFF:10.0.0.1")), address_text(address_key("2001:DB8::0:1"))
     ('10.0.0.1', '2001:db8::1')
     >>> address_text(address_key("::1.2.3.4")), address_text(address_key("::1"))
     ('::1.2.3.4', '::1')
+    >>> address_text(bytes(10) + bytes([255, 255, 10, 0, 0, 1]))
+    '::ffff:10.0.0.1'
     """
     if len(key) == 4:
         return ".".join(map(str, key))
@@ -117,8 +146,8 @@ def address_text(key: bytes) -> str:
     count = 8
     text = ""
     if zero == 0:
-        # the IPv4-mapped case cannot reach here: address_key returns 4 bytes for it
-        if best == 6 or (best == 7 and key[14] != 0 and key[15] != 1):
+        mapped = best == 5 and groups[5] == 0xFFFF
+        if mapped or best == 6 or (best == 7 and key[14] != 0 and key[15] != 1):
             count = 6
         text = ":"
     parts = []

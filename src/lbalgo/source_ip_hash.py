@@ -7,7 +7,7 @@ that came or went, and the table is a function of the group's (key, weight) pair
 rest of a client's ranking at its cell is its fixed order of further choices, so a backend
 that is down, weight 0, suspended or excluded hands each of its clients to exactly the backend
 it would get if that backend were removed: nobody else moves, no table is rebuilt, and when it
-returns exactly its clients come back. ``compat="nginx"`` instead rebuilds nginx's own ring
+returns exactly its clients come back. ``compat="nginx"`` instead builds nginx's own ring
 (:mod:`lbalgo._nginx_chash`). ``balance_factor`` adds bounded loads.
 """
 
@@ -22,11 +22,11 @@ from fractions import Fraction
 
 import mmh3
 
-from lbalgo._address import STRICT_PTON, address_key, address_text
+from lbalgo._address import STRICT_PTON, address_key, remote_addr
 from lbalgo._base import BaseScheduler
-from lbalgo._nginx_chash import MAX_TRIES, Ring
+from lbalgo._nginx_chash import MAX_TRIES, Ring, RoundRobin, servers_for
 from lbalgo._slot import Slot
-from lbalgo._table import TABLE_SIZE, Scorer, build_cells
+from lbalgo._table import TABLE_SIZE, RendezvousTable, table_for
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.scheduler import Client, Exclude, Lease
 
@@ -74,14 +74,15 @@ class SourceIPHash(BaseScheduler):
     ``IPv6Address``; ``"::ffff:10.0.0.1"`` is ``"10.0.0.1"``, IPv6 in any compression or case
     is one client) and raises ``ValueError`` naming anything else. The answer is the same in
     every process, host and Python version (see :data:`HASH_VERSION`). Lookup is O(1): one
-    address parse, one mmh3 hash, one table index, lock-free unless bounded loads are on or a
+    address parse, one mmh3 hash, two array indexes, lock-free unless bounded loads are on or a
     slow-start ramp or passive-health suspension is in progress (``compat="nginx"``:
     O(log P) on nginx's ring of P points, under the lock). A backend that is down, weight
     0, suspended or excluded hands its clients to their next choices (exactly where they go
-    when it is removed), scored in O(n) for those clients only; nobody else moves. Building
-    the table for a new membership or weight is O(T log n) for T = 393,209 cells (0.2-0.6 s,
-    done before the lock is taken); after it only the clients of the backend that came, went
-    or changed weight have moved.
+    when it is removed), scored in O(n) for those clients only; nobody else moves. A first
+    build is O(T log n) for T = 393,209 cells; an update that adds, removes or re-weights one
+    backend touches only that backend's cells, O(T/n log n), on a copy made outside the lock
+    (``await asyncio.to_thread(sched.update, group)`` keeps an event loop free meanwhile);
+    after it only the clients of the backend that came, went or changed weight have moved.
 
     Options: ``compat="nginx"`` places every client exactly as nginx's
     ``hash $remote_addr consistent`` does for the same ``server host:port weight=w`` lines in
@@ -129,12 +130,15 @@ class SourceIPHash(BaseScheduler):
         # points) so that draining it moves nobody else
         self._table_weights: dict[str, int] = {}
         self._spec: tuple[tuple[str, int], ...] | None = None
-        self._prepared: tuple[tuple[tuple[str, int], ...], array[int]] | None = None
-        self._cells: array[int] = array("l")
-        self._scorer: Scorer | None = None
+        # a table or ring made for a spec outside the lock by update(), taken by _rebuild
+        self._prepared: tuple[tuple[tuple[str, int], ...], RendezvousTable | Ring] | None = None
+        self._rendezvous: RendezvousTable | None = None
         self._members: tuple[Slot, ...] = ()
-        self._table: list[Slot] = []
+        # what the lock-free fast path reads in one go: the owner id of every cell and the
+        # slot of every id (None: no table)
+        self._table: tuple[array[int], list[Slot]] | None = None
         self._ring: Ring | None = None
+        self._round_robin = RoundRobin()  # what nginx falls back to after 20 unusable points
         self._blocked: frozenset[Slot] = frozenset()
         self._fast = False
         # bounded loads: every release must come back to count total_open down
@@ -165,12 +169,12 @@ class SourceIPHash(BaseScheduler):
         """
         # one read of the table: an update emptying it may land after the check of _fast
         table = self._table
-        if self._fast and table and not exclude:
+        if self._fast and table is not None and not exclude:
             try:  # the common case inline: an IPv4 string (see lbalgo._address)
                 key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
-            slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            slot = table[1][table[0][_hash(key, _CLIENT_SEED) % TABLE_SIZE]]
             if slot not in self._blocked:
                 next(slot.picks)
                 return slot.backend
@@ -180,12 +184,12 @@ class SourceIPHash(BaseScheduler):
         """Pick for ``client`` now and return a :class:`Lease` to release later."""
         # one read of the table: an update emptying it may land after the check of _fast
         table = self._table
-        if self._fast and table and not exclude:
+        if self._fast and table is not None and not exclude:
             try:
                 key = _pton(_V4_FAMILY, client)  # type: ignore[arg-type]
             except (OSError, TypeError, ValueError):
                 key = address_key(client)
-            slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
+            slot = table[1][table[0][_hash(key, _CLIENT_SEED) % TABLE_SIZE]]
             if slot not in self._blocked:
                 next(slot.picks)
                 return Lease(slot.backend, slot, self._end_lease)
@@ -195,18 +199,29 @@ class SourceIPHash(BaseScheduler):
     def update(self, group: BackendGroup) -> None:
         """Swap in a new group; the new table is built before the lock is taken, so picks
         continue meanwhile (see :meth:`BaseScheduler.update`)."""
-        if self._compat is None and isinstance(group, BackendGroup):
-            spec = self._spec_for(group, dict(self._table_weights))
-            if spec and spec != self._spec:
-                self._prepared = (spec, build_cells(spec))
+        if isinstance(group, BackendGroup):
+            weights = dict(self._table_weights)
+            if self._compat is None:
+                spec = self._spec_for(group, weights)
+                current = self._rendezvous
+                if spec and spec != self._spec:
+                    self._prepared = (spec, table_for(current, spec))
+            else:
+                spec = servers_for(group, weights)
+                if spec and spec != self._spec:
+                    self._prepared = (spec, Ring(spec))
         super().update(group)
 
     # -- BaseScheduler hooks -------------------------------------------------------------------
 
     def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
-        key = address_key(client)
-        candidates = self._nginx_walk(key) if self._ring is not None else self._choices(key)
         bound = self._bound
+        if self._ring is not None:
+            if bound is None:
+                return self._nginx_choose(remote_addr(client), exclude, now)
+            candidates = self._nginx_walk(remote_addr(client))
+        else:
+            candidates = self._choices(address_key(client))
         if bound is None:
             for slot in candidates:
                 if slot.key not in exclude and self._eligible(slot, now):
@@ -261,7 +276,7 @@ class SourceIPHash(BaseScheduler):
         self._fast = (
             self._compat is None
             and self._bound is None
-            and bool(self._table)
+            and self._table is not None
             # no ramp step or lift pending and no failure awaiting its check or trial:
             # nothing the clock decides
             and self._next_event == math.inf
@@ -284,35 +299,42 @@ class SourceIPHash(BaseScheduler):
     def _rebuild_table(self) -> None:
         spec = self._spec_for(self._group, self._table_weights)
         if spec != self._spec:
+            prepared = self._prepared
             if not spec:
-                self._cells = array("l")
-            elif self._prepared is not None and self._prepared[0] == spec:
-                self._cells = self._prepared[1]
+                self._rendezvous = None
+            elif prepared is not None and prepared[0] == spec:
+                assert isinstance(prepared[1], RendezvousTable)
+                self._rendezvous = prepared[1]
             else:
-                self._cells = build_cells(spec)
-            self._scorer = Scorer(spec) if spec else None
+                self._rendezvous = table_for(self._rendezvous, spec)
             self._prepared = None
-        members = tuple(self._slots[key] for key, _weight in spec)
-        # a key removed and added again has a new slot: remap even when the spec is the same
-        renewed = any(a is not b for a, b in zip(members, self._members, strict=False))
-        if spec != self._spec or renewed:
-            self._table = [members[i] for i in self._cells]
-        self._spec = spec
-        self._members = members
+            self._spec = spec
+        table = self._rendezvous
+        if table is None:
+            self._table = None
+            self._members = ()
+            return
+        # a key removed and added again has a new slot: map ids to slots on every rebuild
+        members = [None if m is None else self._slots[m.key] for m in table.members]
+        live = [slot for slot in members if slot is not None]
+        # ids of departed members never occur in the table: any slot may stand in for them
+        self._table = (table.owner, [live[0] if slot is None else slot for slot in members])
+        self._members = tuple(live)
 
     def _rebuild_ring(self) -> None:
         weights = self._table_weights
-        servers = tuple(
-            (slot.backend.address, weights.get(slot.key, 0))
-            for slot in self._order
-            if weights.get(slot.key, 0) > 0
-        )
+        servers = servers_for(self._group, weights)
         if servers != self._spec or self._ring is None:
-            self._ring = Ring(servers)
+            prepared = self._prepared
+            if prepared is not None and prepared[0] == servers:
+                assert isinstance(prepared[1], Ring)
+                self._ring = prepared[1]
+            else:
+                self._ring = Ring(servers)
+            self._prepared = None
             self._spec = servers
-        self._members = tuple(
-            slot for slot in self._order if weights.get(slot.key, 0) > 0
-        )
+        self._members = tuple(slot for slot in self._order if weights.get(slot.key, 0) > 0)
+        self._round_robin.sync([(slot.key, slot.backend.weight) for slot in self._order])
 
     def _fine_weight_sum(self, now: float) -> int:
         return sum(self._fine_weight(slot, now) for slot in self._order)
@@ -320,29 +342,53 @@ class SourceIPHash(BaseScheduler):
     def _choices(self, key: bytes) -> Iterator[Slot]:
         """The client's fixed order of choices: the backends by score at its cell (the first
         is the table's owner of the cell; the rest are scored only when needed, O(n))."""
-        if not self._table or self._scorer is None:
+        table, rendezvous = self._table, self._rendezvous
+        if table is None or rendezvous is None:
             return
+        cells, slots = table
         cell = _hash(key, _CLIENT_SEED) % TABLE_SIZE
-        first = self._table[cell]
+        first = slots[cells[cell]]
         yield first
-        members = self._members
-        for index in self._scorer.ranking(cell):
-            if members[index] is not first:
-                yield members[index]
+        for ident in rendezvous.ranking(cell):
+            slot = slots[ident]
+            if slot is not first:
+                yield slot
 
-    def _nginx_walk(self, key: bytes) -> Iterator[Slot]:
-        """The ring points nginx visits for this client, as backends; after nginx's 20 steps
-        (where nginx would round-robin) the walk goes on along the ring, deterministically."""
+    def _nginx_choose(self, text: str, exclude: frozenset[str], now: float) -> Slot:
+        """``ngx_http_upstream_get_chash_peer``: the first usable server of the 21 ring points
+        from the client's, else nginx's round robin over the usable servers (tried, that is
+        excluded, down, weight 0 and suspended ones are not usable). O(log P + n)."""
+        ring, members = self._ring, self._members
+        if ring is not None and len(ring) and len(self._order) > 1:
+            owners, count = ring.owners, len(ring)
+            start = ring.start(text)
+            for step in range(min(MAX_TRIES + 1, count)):
+                slot = members[owners[(start + step) % count]]
+                if slot.key not in exclude and self._eligible(slot, now):
+                    self._round_robin.took_part(slot.key, slot.backend.weight)
+                    return slot
+        usable = [
+            (slot.key, slot.backend.weight)
+            for slot in self._order
+            if slot.key not in exclude and self._eligible(slot, now)
+        ]
+        chosen = self._round_robin.pick(usable)
+        if chosen is None:
+            raise self._no_backend(exclude)
+        return self._slots[chosen]
+
+    def _nginx_walk(self, text: str) -> Iterator[Slot]:
+        """Bounded loads in nginx mode: the ring points nginx visits for this client, as
+        backends, then each remaining backend once, in ring order (deterministic)."""
         ring = self._ring
         if ring is None or not len(ring):
             return
         members = self._members
         owners = ring.owners
         count = len(ring)
-        start = ring.start(address_text(key))
+        start = ring.start(text)
         for step in range(min(MAX_TRIES + 1, count)):
             yield members[owners[(start + step) % count]]
-        # past nginx's last step, each remaining backend once, in ring order
         seen: set[int] = set()
         for step in range(MAX_TRIES + 1, count):
             owner = owners[(start + step) % count]

@@ -17,14 +17,21 @@ the same clients go through every contender, in one run:
   wall-clock milliseconds: issue 6's goal for it is absolute (well under a second at 500).
 
 A second table gives the bounded-load pick cost (``balance_factor=1.25``) next to the plain one,
-both under the same standing load.
+both under the same standing load. Then issue 13's figures for changing groups: building a
+scheduler and updating it by one backend (added, removed, re-weighted) next to uhashring's and
+hashring's build of the same nodes in the same run, the memory one scheduler holds after three
+updates and what is left once it is gone (tracemalloc), and the ``compat="nginx"`` ring build
+of 500 servers of weights 1..100 (time and tracemalloc peak).
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import random
+import statistics
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -90,9 +97,9 @@ def _builders() -> dict[str, Callable[[list[str]], Lookup] | str]:
     else:
         builders["hashring"] = "hashring is not installed"
     if clandestined is not None:
-        builders["clandestined"] = lambda nodes: clandestined.RendezvousHash(
-            nodes=list(nodes)
-        ).find_node
+        builders["clandestined"] = lambda nodes: (
+            clandestined.RendezvousHash(nodes=list(nodes)).find_node
+        )
     else:
         builders["clandestined"] = "clandestined is not installed"
     if jump is not None:
@@ -215,7 +222,7 @@ def run(quick: bool = False) -> list[Table]:
             *(f"skipped: {note}" for note in builders.values() if isinstance(note, str)),
         ]
     )
-    return [table, _bounded(quick, loops)]
+    return [table, _bounded(quick, loops), _changes(quick), _memory(quick), _compat(quick)]
 
 
 def _bounded(quick: bool, loops: int) -> Table:
@@ -239,5 +246,146 @@ def _bounded(quick: bool, loops: int) -> Table:
         "the same group, clients and standing load (5 open connections per backend) for both; "
         "bounded mode takes the scheduler's lock and keeps exact open counts on every pick; "
         f"plain mode is lock-free; median of 5 runs of {loops:,} pick+release pairs"
+    )
+    return table
+
+
+def _seconds(action: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def _change_round(group: BackendGroup, key: str) -> dict[str, float]:
+    """One round: our build, the rings' builds of the same nodes, then our three updates."""
+    nodes = list(group.keys())
+    uhashring, hashring = _peer("uhashring"), _peer("hashring")
+    built: list[SourceIPHash] = []
+    times = {"build": _seconds(lambda: built.append(SourceIPHash(group)))}
+    if uhashring is not None:
+        times["uh"] = _seconds(lambda: uhashring.HashRing(nodes=nodes))
+    if hashring is not None:
+        times["hr"] = _seconds(lambda: hashring.HashRing(nodes))
+    sched = built[0]
+    weight = group[key].weight % 100 + 1
+    times["rm"] = _seconds(lambda: sched.update(group.without(key)))
+    times["add"] = _seconds(lambda: sched.update(group))
+    times["rw"] = _seconds(lambda: sched.update(group.with_weight(key, weight)))
+    return times
+
+
+def _changes(quick: bool) -> Table:
+    """Build and one-backend updates against the rings' builds, side by side per round."""
+    table = Table(
+        "Changing groups: build and one-backend update, ours against the rings' build",
+        [
+            "backends",
+            "build ms",
+            "uhashring build ms",
+            "hashring build ms",
+            "build / uhashring",
+            "add ms",
+            "remove ms",
+            "re-weight ms",
+            "worst update / uhashring",
+            "goal (issue 13)",
+        ],
+    )
+    rounds = 1 if quick else ROUNDS
+    for n in (10,) if quick else SIZES:
+        group = sample_group(n)  # weights 1..100
+        nodes = list(group.keys())
+        rows: dict[str, list[float]] = {k: [] for k in ("build", "uh", "hr", "add", "rm", "rw")}
+        for r in range(rounds):
+            for name, seconds in _change_round(group, nodes[(n // 2 + r) % n]).items():
+                rows[name].append(seconds)
+        ms = {k: statistics.median(v) * 1000 if v else float("nan") for k, v in rows.items()}
+        worst = max(ms["add"], ms["rm"], ms["rw"])
+        goal = "build <= 1.5x, update <= 0.25x"
+        if n == 10:
+            goal = "build <= 50 ms, update <= 20 ms"
+        table.rows.append(
+            [
+                n,
+                ms["build"],
+                ms["uh"],
+                ms["hr"],
+                ms["build"] / ms["uh"],
+                ms["add"],
+                ms["rm"],
+                ms["rw"],
+                worst / ms["uh"],
+                goal,
+            ]
+        )
+    table.notes.extend(
+        [
+            "groups of weights 1..100 (the rings get the same node names, unweighted, as in "
+            "the issue's measurement); wall-clock milliseconds, median of "
+            f"{rounds} round(s), each round timing ours and the rings back to back",
+            "an update is SourceIPHash.update(group) with one backend removed, added back or "
+            "re-weighted: the new table is prepared outside the scheduler's lock",
+        ]
+    )
+    return table
+
+
+def _memory(quick: bool) -> Table:
+    """tracemalloc: what one scheduler holds after three updates, and what is left after."""
+    table = Table(
+        "Memory of one SourceIPHash (tracemalloc)",
+        ["backends", "held after 3 updates MiB", "left after it is gone MiB", "goal (issue 13)"],
+    )
+    for n in (10,) if quick else (500,):
+        group = sample_group(n)
+        key = group.keys()[7]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            sched = SourceIPHash(group)
+            sched.update(group.without(key))
+            sched.update(group)
+            sched.update(group.with_weight(key, group[key].weight % 100 + 1))
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - base
+            del sched
+            gc.collect()
+            left = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        table.rows.append([n, held / 2**20, left / 2**20, "held <= 4, left <= 0.5"])
+    table.notes.append(
+        "held: allocations alive after the constructor and three one-backend updates; left: "
+        "after the scheduler is deleted and collected (no module-level table cache stays)"
+    )
+    return table
+
+
+def _compat(quick: bool) -> Table:
+    """The nginx-compatible ring: build time and peak memory (tracemalloc)."""
+    table = Table(
+        'compat="nginx": building nginx\'s ring',
+        ["servers", "ring points", "build s", "peak MiB (tracemalloc)", "goal (issue 13)"],
+    )
+    n = 20 if quick else 500
+    group = sample_group(n)
+    built: list[SourceIPHash] = []
+    seconds = _seconds(lambda: built.append(SourceIPHash(group, compat="nginx")))
+    sched = built.pop()
+    # the peak from a second build: tracemalloc slows allocations down, so not the timed one
+    gc.collect()
+    tracemalloc.start()
+    try:
+        SourceIPHash(group, compat="nginx")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    points = len(sched._ring) if sched._ring is not None else 0
+    table.rows.append([n, f"{points:,}", seconds, peak / 2**20, "<= 2 s, <= 128 MiB"])
+    table.notes.append(
+        "weights 1..100: nginx's 160 points per unit of weight; tracemalloc's peak counts "
+        "Python allocations only (peak RSS adds the interpreter, about 10-20 MiB)"
     )
     return table
