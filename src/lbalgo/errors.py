@@ -10,8 +10,11 @@ from __future__ import annotations
 __all__ = [
     "InvalidBackendError",
     "InvalidGroupError",
+    "InvalidOptionError",
+    "InvalidTypeError",
     "LbalgoError",
     "NoBackendAvailable",
+    "UnknownBackendError",
 ]
 
 
@@ -61,4 +64,50 @@ class NoBackendAvailable(LbalgoError, LookupError):
     Traceback (most recent call last):
     ...
     lbalgo.errors.NoBackendAvailable: no backend available (10.0.0.1:80 weight 0)
+    """
+
+
+class InvalidOptionError(LbalgoError, ValueError):
+    """A bad option or argument value (``slow_start=-1``, ``ttl=10**400``, ``tries=0``, a
+    Redis URL that does not parse): the message names the field and the bad value.
+
+    Raised by constructors before anything is built and by methods before anything changes.
+    Also a ``ValueError``, as the standard library would raise.
+
+    >>> from lbalgo import RedisLedger
+    >>> try:
+    ...     RedisLedger("redis://127.0.0.1:6379/0", namespace="web", lease_timeout=10**400)
+    ... except InvalidOptionError as error:
+    ...     print(isinstance(error, ValueError), error)
+    True lease_timeout must be a number of seconds from 0.1 to 86400, got an integer of 401 digits
+    """
+
+
+class InvalidTypeError(LbalgoError, TypeError):
+    """An argument of the wrong type where no value of that type could mean anything
+    (``release("10.0.0.1:80")`` instead of a ``Backend``, ``exclude=5``, a ``keys``
+    argument that is not an iterable of strings): the message names
+    the argument and the value. Also a ``TypeError``.
+
+    >>> from lbalgo import RedisLedger
+    >>> ledger = RedisLedger("redis://127.0.0.1:6379/0", namespace="web")
+    >>> try:
+    ...     ledger.counts(5)
+    ... except InvalidTypeError as error:
+    ...     print(isinstance(error, TypeError), error)
+    True keys must be an iterable of backend keys (str), got 5
+    >>> ledger.close()
+    """
+
+
+class UnknownBackendError(LbalgoError, KeyError):
+    """No backend of that key in the group (``mark_down``, ``group[key]``,
+    ``group.without``...). Also a ``KeyError`` naming the key.
+
+    >>> from lbalgo import Backend, BackendGroup
+    >>> try:
+    ...     BackendGroup([Backend("10.0.0.1", 80)]).without("10.0.0.9:80")
+    ... except KeyError as error:
+    ...     print(type(error).__name__, error)
+    UnknownBackendError '10.0.0.9:80'
     """

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -24,25 +23,26 @@ import weakref
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from importlib import resources
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from lbalgo.errors import LbalgoError
+from lbalgo._redis_link import (
+    Link,
+    check_cluster,
+    check_lease_timeout,
+    check_namespace,
+    check_url,
+)
+from lbalgo._validate import at_most, is_collection, shown
+from lbalgo.backend import MAX_BACKENDS
+from lbalgo.errors import InvalidOptionError, InvalidTypeError, LbalgoError
 from lbalgo.ledger import checked_eligible
-
-if TYPE_CHECKING:
-    import redis
-    from redis.commands.core import Script
 
 __all__ = ["LedgerUnavailable", "RedisLedger"]
 
 _log = logging.getLogger("lbalgo.redis_ledger")
 
-_SCHEMES = ("redis", "rediss", "unix")
-_MAX_NAMESPACE = 200
-_MIN_LEASE, _MAX_LEASE = 0.1, 86_400.0
 _BACKOFF = 0.5  # seconds a failed call keeps the ledger failing fast before trying again
-_DEFAULT_TIMEOUT = 1.0  # socket timeouts unless the URL sets them: a pick must not hang
+_REBUILD_WAIT = 1.0  # at most this long a call that found the store empty waits for the fleet
 
 
 class LedgerUnavailable(LbalgoError, ConnectionError):
@@ -55,45 +55,6 @@ class LedgerUnavailable(LbalgoError, ConnectionError):
     >>> issubclass(LedgerUnavailable, ConnectionError)
     True
     """
-
-
-def _check_url(url: object) -> str:
-    if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
-        raise ValueError(f"url must be a redis://, rediss:// or unix:// URL, got {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError(f"url must give the socket's path (unix:///path), got {url!r}")
-    if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
-        raise ValueError(f"url must end with a database number (/0), if anything, got {url!r}")
-    return url
-
-
-def _check_namespace(namespace: object) -> str:
-    if (
-        not isinstance(namespace, str)
-        or not namespace
-        or len(namespace) > _MAX_NAMESPACE
-        or not namespace.isprintable()
-        or any(c in "{} " for c in namespace)
-    ):
-        raise ValueError(
-            f"namespace must be a non-empty printable string of at most {_MAX_NAMESPACE} "
-            f"characters without spaces or braces, got {namespace!r}"
-        )
-    return namespace
-
-
-def _check_lease_timeout(lease_timeout: object) -> float:
-    if (
-        isinstance(lease_timeout, bool)
-        or not isinstance(lease_timeout, (int, float))
-        or not _MIN_LEASE <= lease_timeout <= _MAX_LEASE
-    ):
-        raise ValueError(
-            f"lease_timeout must be a number of seconds from {_MIN_LEASE} to {_MAX_LEASE:.0f}, "
-            f"got {lease_timeout!r}"
-        )
-    return float(lease_timeout)
 
 
 def _load_script() -> str:
@@ -163,13 +124,22 @@ class RedisLedger:
     _stop: threading.Event
     _thread: threading.Thread | None
 
-    def __init__(self, url: str, *, namespace: str, lease_timeout: float = 30.0) -> None:
-        self._url = _check_url(url)
-        self._namespace = _check_namespace(namespace)
-        self._lease_timeout = _check_lease_timeout(lease_timeout)
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        lease_timeout: float = 30.0,
+        cluster: bool = False,
+    ) -> None:
+        cluster = check_cluster(cluster)
+        self._url = check_url(url, cluster)
+        self._namespace = check_namespace(namespace)
+        self._lease_timeout = check_lease_timeout(lease_timeout)
         self._prefix = f"lbalgo:{{{self._namespace}}}:"
-        self._client = self._connect()
-        self._script: Script = self._client.register_script(_load_script())
+        self._link = Link(self._url, cluster, self._prefix + "lost")
+        self._link.check_usable()
+        self._script: Any = None  # registered on the first call (a Cluster client connects)
         self._lock = threading.Lock()
         self._closed = False
         self._reset()
@@ -271,6 +241,18 @@ class RedisLedger:
         return self._namespace
 
     @property
+    def client(self) -> Any:
+        """The redis-py client this ledger talks through (``redis.Redis``, or
+        ``redis.cluster.RedisCluster`` with ``cluster=True``), built on first use: for
+        monitoring (``INFO``), never for changing the ledger's keys."""
+        return self._link.client()
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this ledger talks to a Redis Cluster."""
+        return self._link.cluster
+
+    @property
     def lease_timeout(self) -> float:
         """Seconds without a heartbeat after which this process's connections are reclaimed."""
         return self._lease_timeout
@@ -291,7 +273,7 @@ class RedisLedger:
                 except LedgerUnavailable:
                     _log.warning("close: Redis unreachable; leases of %s expire", self._owner)
             self._held.clear()
-        self._client.close()
+        self._link.close()
 
     def __enter__(self) -> RedisLedger:
         return self
@@ -306,31 +288,6 @@ class RedisLedger:
         )
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _connect(self) -> redis.Redis:
-        try:
-            import redis  # the optional extra; see the module docstring
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError as exc:  # pragma: no cover - exercised only without the extra
-            raise ImportError(
-                "RedisLedger needs redis-py: pip install 'lbalgo[redis]'"
-            ) from exc
-        query = urlsplit(self._url).query
-        options: dict[str, Any] = {
-            # No silent retries inside redis-py: a script re-sent after a lost reply would be
-            # applied twice. This class retries itself, with a replayable full-state call.
-            "retry": Retry(NoBackoff(), 0),
-        }
-        for option in ("socket_timeout", "socket_connect_timeout"):
-            if option not in query:
-                options[option] = _DEFAULT_TIMEOUT
-        self._network_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self._refused = redis.exceptions.ResponseError
-        try:
-            return redis.Redis.from_url(self._url, **options)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"url is not a usable Redis URL ({exc}), got {self._url!r}") from None
 
     def _reset(self) -> None:
         """Fresh per-process state: a new owner id, nothing held (at start and after fork)."""
@@ -371,27 +328,47 @@ class RedisLedger:
             full = not self._synced
             args = self._arguments(full, action, excluded, take, counted)
             try:
-                reply = self._script(keys=[self._prefix + "q"], args=args)
-            except self._refused as exc:
-                self._synced = False
-                raise LedgerUnavailable(f"Redis at {self._url} refused the ledger: {exc}") from exc
-            except self._network_errors as exc:
+                reply = self._run(args)
+            except self._link.network_errors as exc:
                 # the reply is lost, the script may or may not have run: resend everything
                 self._synced = False
-                if attempts > 0 and isinstance(exc, self._network_errors[0]):
+                if attempts > 0 and isinstance(exc, self._link.reconnectable):
                     continue  # a pooled connection from before a Redis restart
                 self._down_until = time.monotonic() + _BACKOFF
                 raise LedgerUnavailable(f"Redis at {self._url} unreachable: {exc}") from exc
+            except self._link.refused as exc:
+                self._synced = False
+                raise LedgerUnavailable(f"Redis at {self._url} refused the ledger: {exc}") from exc
             status = reply[0]
             if status == b"LOST" and attempts > 0:
                 self._synced = False  # Redis forgot this owner: put its state back
                 continue
+            if status == b"REBUILT":
+                # The store had lost everything (restart without persistence, FLUSHALL) and
+                # this call put this process's state back and told the fleet: wait for the
+                # others to do the same before choosing on counts that would miss theirs.
+                self._after_rebuild(int(reply[2]))
+                self._synced, full, attempts = True, False, 1
+                self._mark_applied(True)
+                continue
             if status != b"OK":
-                raise LedgerUnavailable(f"Redis ledger answered {reply!r}")
+                raise LedgerUnavailable(f"Redis ledger answered {shown(reply)}")
             break
+        self._synced = True
+        self._mark_applied(full)
+        picked = reply[1]
+        return (None if picked is None else picked.decode()), [int(v) for v in reply[2:]]
+
+    def _run(self, args: list[str | int]) -> Any:
+        """One EVALSHA (the script is loaded again on NOSCRIPT, e.g. after a restart)."""
+        if self._script is None:
+            self._script = self._link.client().register_script(_load_script())
+        return self._script(keys=[self._prefix + "q"], args=args)
+
+    def _mark_applied(self, full: bool) -> None:
+        """Redis now has what the call sent: note it, and start the watcher thread."""
         self._down_until = -math.inf
         self._last_call = time.monotonic()
-        self._synced = True
         if full or self._eligible_dirty:
             self._declared = dict(self._eligible)
             self._eligible_dirty = False
@@ -406,9 +383,24 @@ class RedisLedger:
                     self._applied.pop(key, None)
         self._dirty.clear()
         if self._thread is None and not self._closed:
-            self._start_heartbeat()
-        picked = reply[1]
-        return (None if picked is None else picked.decode()), [int(v) for v in reply[2:]]
+            self._thread = self._link.start_watcher(
+                self, self._stop, self._lease_timeout / 4, self._owner
+            )
+
+    def _after_rebuild(self, listeners: int) -> None:
+        """Wait (bounded) until the processes that heard of the loss have re-asserted their
+        leases: ``listeners`` subscriptions got the news, this process's own among them if
+        its watcher was listening."""
+        others = listeners - (1 if self._link.subscribed else 0)
+        deadline = time.monotonic() + min(_REBUILD_WAIT, self._lease_timeout / 4)
+        try:
+            while self._link.owners(self._prefix + "owners") - 1 < others:
+                if time.monotonic() >= deadline:
+                    _log.warning("store rebuilt: not every process re-asserted in time")
+                    return
+                time.sleep(0.005)
+        except self._link.network_errors:
+            return  # the next call finds out
 
     def _arguments(
         self,
@@ -426,6 +418,7 @@ class RedisLedger:
             action,
             max(self._total, 1),
             take,
+            "SPUBLISH" if self._link.cluster else "PUBLISH",
             len(excluded),
             *excluded,
         ]
@@ -460,21 +453,20 @@ class RedisLedger:
         except LedgerUnavailable as exc:
             _log.warning("ledger call failed, releases kept pending: %s", exc)
 
-    def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(
-            target=_heartbeat,
-            args=(weakref.ref(self), self._stop, self._lease_timeout / 4),
-            name=f"lbalgo-ledger-heartbeat-{self._namespace}",
-            daemon=True,
-        )
-        self._thread.start()
-
     def _beat(self, interval: float) -> None:
         """One heartbeat: renew the lease (and flush pending releases) unless a call did."""
         with self._lock:
             if time.monotonic() - self._last_call < interval / 2 and not self._dirty:
                 return
             self._flush()  # the same call renews the lease and sends pending releases
+
+    def _resync(self) -> None:
+        """Another process found the store empty (or this watcher's subscription broke):
+        put this process's full state back now, not at the next heartbeat."""
+        with self._lock:
+            self._synced = False
+            self._down_until = -math.inf
+            self._flush()
 
     def _after_fork(self) -> None:
         # The child holds none of the parent's connections and must not share its owner id
@@ -483,16 +475,6 @@ class RedisLedger:
         self._lock = threading.Lock()
         self._reset()
         self._eligible, self._total = eligible, sum(eligible.values())
-
-
-def _heartbeat(ref: weakref.ref[RedisLedger], stop: threading.Event, interval: float) -> None:
-    # holds only a weak reference, so a forgotten ledger can still be collected
-    while not stop.wait(interval):
-        ledger = ref()
-        if ledger is None:
-            return
-        ledger._beat(interval)
-        del ledger
 
 
 _LIVE: weakref.WeakSet[RedisLedger] = weakref.WeakSet()
