@@ -27,8 +27,9 @@
 -- keys whose counts to return.
 -- Returns {status, picked key or false, counts...}; status "LOST" means the store does not
 -- know this owner (new server, or it was reclaimed) and nothing was done; "REBUILT" (only
--- for a full call) means the store had lost everything: this owner's state is back, the
--- fleet was told, the action was NOT done, and the third item is how many listened.
+-- for a full call) means the store had no state (lost, or a new namespace): this owner's
+-- state is in, the fleet was told, the action was NOT done, the third item is how many
+-- listened.
 
 local P, owner = ARGV[1], ARGV[2]
 local lease = tonumber(ARGV[3])
@@ -54,7 +55,6 @@ if redis.call("EXISTS", P .. "alive") == 0 then
   redis.call("SET", P .. "alive", "1")
   if full and action ~= "x" then
     rebuilt = redis.call(ARGV[8], P .. "lost", owner)
-    if rebuilt == 0 then rebuilt = false end -- nobody listens: nothing to wait for
   end
 end
 

@@ -22,14 +22,16 @@ from lbalgo.errors import InvalidOptionError
 if TYPE_CHECKING:
     from redis.client import PubSub
 
-__all__ = ["Link", "check_cluster", "check_lease_timeout", "check_namespace", "check_url"]
+__all__ = [
+    "RESUBSCRIBE_EVERY",
+    "Link", "check_cluster", "check_lease_timeout", "check_namespace", "check_url"]
 
 _SCHEMES = ("redis", "rediss", "unix")
 _MAX_NAMESPACE = 200
 _MIN_LEASE, _MAX_LEASE = 0.1, 86_400.0
 _DEFAULT_TIMEOUT = 1.0  # socket timeouts unless the URL sets them: a pick must not hang
 _POLL = 0.2  # seconds the watcher waits for news before checking stop and the heartbeat
-_RESUBSCRIBE = 0.1  # seconds between attempts to subscribe again while Redis is away
+RESUBSCRIBE_EVERY = 0.1  # seconds between attempts to subscribe again while Redis is away
 
 
 def check_url(url: object, cluster: bool) -> str:
@@ -197,7 +199,7 @@ def _watch(ref: Callable[[], _Watched | None], link: Link, stop: threading.Event
                 link.subscribed = True
                 news, lost = lost, False
             except Exception:  # Redis away: keep beating (it keeps releases pending)
-                stop.wait(_RESUBSCRIBE)
+                stop.wait(RESUBSCRIBE_EVERY)
         else:
             try:
                 message = pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL)

@@ -26,6 +26,7 @@ from importlib import resources
 from typing import Any
 
 from lbalgo._redis_link import (
+    RESUBSCRIBE_EVERY,
     Link,
     check_cluster,
     check_lease_timeout,
@@ -347,7 +348,7 @@ class RedisLedger:
                 # The store had lost everything (restart without persistence, FLUSHALL) and
                 # this call put this process's state back and told the fleet: wait for the
                 # others to do the same before choosing on counts that would miss theirs.
-                self._after_rebuild(int(reply[2]))
+                self._after_rebuild(int(reply[2]), restarted=self._last_call > -math.inf)
                 self._synced, full, attempts = True, False, 1
                 self._mark_applied(True)
                 continue
@@ -387,14 +388,22 @@ class RedisLedger:
                 self, self._stop, self._lease_timeout / 4, self._owner
             )
 
-    def _after_rebuild(self, listeners: int) -> None:
+    def _after_rebuild(self, listeners: int, restarted: bool) -> None:
         """Wait (bounded) until the processes that heard of the loss have re-asserted their
         leases: ``listeners`` subscriptions got the news, this process's own among them if
-        its watcher was listening."""
+        its watcher was listening. When this process had state in the store before (the
+        store lost it, rather than a new namespace), the loss may be a restart, which broke
+        the others' subscriptions too: they are being made again (each process re-asserts
+        once it has), so give them that long as well."""
         others = listeners - (1 if self._link.subscribed else 0)
-        deadline = time.monotonic() + min(_REBUILD_WAIT, self._lease_timeout / 4)
+        started = time.monotonic()
+        deadline = started + min(_REBUILD_WAIT, self._lease_timeout / 4)
+        settle = started + (RESUBSCRIBE_EVERY * 3 if restarted else 0.0)
         try:
-            while self._link.owners(self._prefix + "owners") - 1 < others:
+            while (
+                self._link.owners(self._prefix + "owners") - 1 < others
+                or time.monotonic() < settle
+            ):
                 if time.monotonic() >= deadline:
                     _log.warning("store rebuilt: not every process re-asserted in time")
                     return
