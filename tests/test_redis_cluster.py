@@ -181,6 +181,7 @@ def test_master_stopped_and_restarted(
     )
     other = make_ledger(namespace=elsewhere)
     other.set_eligible([("x", 32)])
+    assert _works(other)  # it knows the cluster (a client seeded by a stopped node could not)
     mine = make_ledger()
     mine.set_eligible([("a", 32)])
     assert mine.acquire() == "a"

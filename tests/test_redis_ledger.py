@@ -11,9 +11,7 @@ stopped, hung and restarted mid-run. Every wait is bounded.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +20,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
-from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest

@@ -8,11 +8,15 @@ a client is built, so ``import lbalgo`` works without it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -24,7 +28,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESUBSCRIBE_EVERY",
-    "Link", "check_cluster", "check_lease_timeout", "check_namespace", "check_url"]
+    "Link",
+    "call_in_forked_child",
+    "check_cluster",
+    "check_lease_timeout",
+    "check_namespace",
+    "check_url",
+]
+
+_log = logging.getLogger("lbalgo.redis_ledger")
 
 _SCHEMES = ("redis", "rediss", "unix")
 _MAX_NAMESPACE = 200
@@ -98,6 +110,7 @@ class Link:
     def __init__(self, url: str, cluster: bool, channel: str) -> None:
         self.url, self.cluster, self.channel = url, cluster, channel
         self._client: Any = None
+        self._script: Any = None
         self.network_errors: tuple[type[BaseException], ...] = ()
         self.refused: tuple[type[BaseException], ...] = ()
         self.reconnectable: tuple[type[BaseException], ...] = ()
@@ -142,6 +155,14 @@ class Link:
                 f"url is not a usable Redis URL ({exc}), got {self.url!r}"
             ) from None
 
+    def run(self, key: str, args: list[str | int]) -> Any:
+        """One EVALSHA of the ledger's script routed by ``key`` (loaded on first use, and
+        again on NOSCRIPT, e.g. after a restart)."""
+        if self._script is None:
+            source = resources.files("lbalgo").joinpath("_redis_ledger.lua")
+            self._script = self.client().register_script(source.read_text(encoding="utf-8"))
+        return self._script(keys=[key], args=args)
+
     def check_usable(self) -> None:
         """Build a single-server client now (it connects lazily), so a URL redis-py cannot
         parse is refused by the constructor; a Cluster client connects, so it waits."""
@@ -161,9 +182,21 @@ class Link:
             pubsub.subscribe(self.channel)
         return pubsub
 
-    def owners(self, key: str) -> int:
-        """How many owners the store lists under ``key`` (one round trip)."""
-        return int(self.client().zcard(key))
+    def wait_for_fleet(self, owners: str, others: int, timeout: float, restarted: bool) -> None:
+        """After the store was found empty and the news published: wait (at most
+        ``timeout`` seconds) until ``others`` owners besides the caller are listed again
+        under ``owners``. After a possible restart the others' subscriptions broke too and
+        are being made again (each re-asserts once it has): wait that long as well."""
+        started = time.monotonic()
+        settle = started + (RESUBSCRIBE_EVERY * 3 if restarted else 0.0)
+        try:
+            while int(self.client().zcard(owners)) - 1 < others or time.monotonic() < settle:
+                if time.monotonic() >= started + timeout:
+                    _log.warning("store rebuilt: not every process re-asserted in time")
+                    return
+                time.sleep(0.005)
+        except self.network_errors:
+            return  # the next call finds out
 
     def start_watcher(self, ledger: _Watched, stop: threading.Event, interval: float,
                       owner: str) -> threading.Thread:
@@ -225,8 +258,28 @@ def _watch(ref: Callable[[], _Watched | None], link: Link, stop: threading.Event
 
 
 def _close_quietly(pubsub: PubSub) -> None:
-    try:
+    # closing a broken connection may fail again; there is nothing to do about it
+    with contextlib.suppress(Exception):
         pubsub.close()
-    except Exception:  # closing a broken connection may fail again; nothing to do about it
-        pass
 
+
+
+_AFTER_FORK: list[weakref.WeakMethod[Callable[[], None]]] = []
+
+
+def call_in_forked_child(method: Callable[[], None]) -> None:
+    """Call ``method`` (a bound method, held weakly) in the child after every ``fork()``:
+    a ledger's owner id, locks and held connections must not be shared with a child."""
+    _AFTER_FORK[:] = [ref for ref in _AFTER_FORK if ref() is not None]
+    _AFTER_FORK.append(weakref.WeakMethod(method))
+
+
+def _in_forked_child() -> None:
+    for ref in list(_AFTER_FORK):
+        method = ref()
+        if method is not None:
+            method()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_forked_child)

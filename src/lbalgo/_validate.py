@@ -107,10 +107,14 @@ def seconds(
     lbalgo.errors.InvalidOptionError: ttl must be a number of seconds above 0 and at most ...,
     got an integer of 401 digits
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # int-float comparisons are exact in Python: no conversion, no OverflowError
-        if (low < value if above_low else low <= value) and value <= high:
-            return float(value)
+    # int-float comparisons are exact in Python: no conversion, no OverflowError
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (low < value if above_low else low <= value)
+        and value <= high
+    ):
+        return float(value)
     if above_low:
         rule = f"above {_number(low)} and at most {_number(high)}"
     else:

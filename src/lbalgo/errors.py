@@ -13,6 +13,7 @@ __all__ = [
     "InvalidOptionError",
     "InvalidTypeError",
     "LbalgoError",
+    "LedgerUnavailable",
     "NoBackendAvailable",
     "UnknownBackendError",
 ]
@@ -110,4 +111,17 @@ class UnknownBackendError(LbalgoError, KeyError):
     ... except KeyError as error:
     ...     print(type(error).__name__, error)
     UnknownBackendError '10.0.0.9:80'
+    """
+
+
+class LedgerUnavailable(LbalgoError, ConnectionError):
+    """A shared ledger's store (Redis) cannot be reached: nothing was counted.
+
+    Raised by ``pick``/``connection`` of a scheduler using a :class:`~lbalgo.RedisLedger`
+    (and by ``RedisLedger.count``) while Redis is down, unreachable or not answering (on a
+    Cluster: while the master of the namespace's slot is); the ledger recovers by itself
+    once Redis answers again. Also a ``ConnectionError``.
+
+    >>> issubclass(LedgerUnavailable, ConnectionError)
+    True
     """

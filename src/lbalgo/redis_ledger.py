@@ -19,23 +19,21 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from importlib import resources
 from typing import Any
 
 from lbalgo._redis_link import (
-    RESUBSCRIBE_EVERY,
     Link,
+    call_in_forked_child,
     check_cluster,
     check_lease_timeout,
     check_namespace,
     check_url,
 )
-from lbalgo._validate import at_most, is_collection, shown
+from lbalgo._validate import at_most, shown
 from lbalgo.backend import MAX_BACKENDS
-from lbalgo.errors import InvalidOptionError, InvalidTypeError, LbalgoError
+from lbalgo.errors import InvalidOptionError, InvalidTypeError, LedgerUnavailable
 from lbalgo.ledger import checked_eligible
 
 __all__ = ["LedgerUnavailable", "RedisLedger"]
@@ -44,22 +42,7 @@ _log = logging.getLogger("lbalgo.redis_ledger")
 
 _BACKOFF = 0.5  # seconds a failed call keeps the ledger failing fast before trying again
 _REBUILD_WAIT = 1.0  # at most this long a call that found the store empty waits for the fleet
-
-
-class LedgerUnavailable(LbalgoError, ConnectionError):
-    """A shared ledger's store (Redis) cannot be reached: nothing was counted.
-
-    Raised by ``pick``/``connection`` of a scheduler using a :class:`RedisLedger` (and by
-    ``RedisLedger.count``) while Redis is down, unreachable or not answering; the ledger
-    recovers by itself once Redis answers again. Also a ``ConnectionError``.
-
-    >>> issubclass(LedgerUnavailable, ConnectionError)
-    True
-    """
-
-
-def _load_script() -> str:
-    return resources.files("lbalgo").joinpath("_redis_ledger.lua").read_text(encoding="utf-8")
+_MAX_KEYS = 2 * MAX_BACKENDS  # keys one counts() call may ask about (two groups' worth)
 
 
 class RedisLedger:
@@ -69,46 +52,47 @@ class RedisLedger:
     (``ledger=RedisLedger(url, namespace="web")``); every pick then follows the least-ratio
     rule on the fleet's total open connections per backend key.
 
-    How: Redis keeps the keys some live process may pick in a sorted set ordered by
-    ``count / weight``, ties ordered by a fleet-wide WF2Q schedule (the rule of
-    :class:`~lbalgo.LocalLedger`, with ties the schedule cannot break going by key rather
-    than by group order). ``acquire`` runs one Lua script (EVALSHA, loaded again on
-    NOSCRIPT) that walks that set from the lowest ratio, skipping keys this process may
-    not use (down, excluded, weight 0 here), picks, and counts: one round trip, O(log n + s)
-    in Redis for s skipped keys. ``release`` is one round trip too. Ratios are compared as
-    cross-multiplied integers; the virtual times of the tie-break are floats.
+    How: Redis keeps the keys some live process may pick in a sorted set by ``count /
+    weight``, ties ordered by a fleet-wide WF2Q schedule (:class:`~lbalgo.LocalLedger`'s
+    rule; ties it cannot break go by key). ``acquire`` is one Lua script (EVALSHA) that walks
+    that set from the lowest ratio, skipping keys this process may not use, picks and
+    counts: one round trip, O(log n + s) in Redis for s skipped keys; ``release`` is one
+    round trip too. Ratios are compared as cross-multiplied integers.
 
-    Crash safety: this process holds its connections under an owner id with a lease that
-    every call renews, and a daemon thread renews it every ``lease_timeout / 4`` seconds
-    while the process is idle. When a process dies with connections open, the next call of
-    any other process after ``lease_timeout`` seconds without a heartbeat reclaims them; an
-    owner that was reclaimed while alive (paused longer than ``lease_timeout``) puts its
-    connections back on its next call. Counts never go negative, and a connection is never
-    released twice.
+    Crash safety: this process's connections are held under an owner id with a lease that
+    every call renews (a daemon thread renews it every ``lease_timeout / 4`` s while idle);
+    a process silent for ``lease_timeout`` seconds is reclaimed by the next call of any
+    other, and one reclaimed while alive (paused) puts its connections back on its next
+    call. Counts never go negative; a connection is never released twice.
 
     Redis unreachable: ``acquire``, ``take`` and ``count`` raise :class:`LedgerUnavailable`
-    (and fail fast for half a second after a failure rather than waiting on the network
-    each time); nothing is counted then (a script that ran but whose answer was lost is
-    undone by the next call, which sends this process's full state); ``release`` never
-    raises: it is applied when Redis answers again. When Redis
-    comes back empty (restarted without persistence), each process puts its own open
-    connections and eligible set back on its next call.
+    (failing fast for half a second after a failure); nothing is counted then (a script
+    whose answer was lost is undone by the next call, which sends the full state);
+    ``release`` never raises and is applied when Redis answers again. Redis empty again
+    (restarted without persistence, FLUSHALL, a failover to a replica that lagged): the
+    first call that finds it empty puts this process's state back and tells every process
+    on the namespace (pub/sub), which put theirs back at once; it waits (at most 1 s) until
+    they have before it picks, so no pick is made on a partial fleet.
 
     ``url``: ``redis://``, ``rediss://`` or ``unix://`` (query options such as
     ``?socket_timeout=0.2`` pass to redis-py; both socket timeouts default to 1 s).
-    ``namespace``: the fleet's name; processes with the same Redis and namespace share
-    counts (keys live under ``lbalgo:{namespace}:``, one cluster hash slot). ``lease_timeout``:
-    seconds from 0.1 to 86400. Bad values raise ``ValueError`` naming the field and value.
-    One ledger per scheduler; call :meth:`close` on shutdown to hand the connections back.
+    ``namespace``: the fleet's name; every key lives under ``lbalgo:{namespace}:``, one
+    hash slot. ``lease_timeout``: seconds from 0.1 to 86400. ``cluster=True``: ``url`` is
+    any node of a Redis Cluster (there is no URL form for it); each namespace lives on the
+    master of its slot, so each call is still one atomic script (Redis 7 for the sharded
+    news channel). Bad values raise :class:`~lbalgo.InvalidOptionError` (a ``ValueError``)
+    naming the field and value. One ledger per scheduler; :meth:`close` on shutdown hands
+    the connections back. See ``docs/fleet.md`` (Sentinel, failovers).
 
     >>> RedisLedger("http://localhost", namespace="web")
     Traceback (most recent call last):
     ...
-    ValueError: url must be a redis://, rediss:// or unix:// URL, got 'http://localhost'
-    >>> RedisLedger("redis://127.0.0.1:6379/0", namespace="web", lease_timeout=0)
+    lbalgo.errors.InvalidOptionError: url must be a redis://, rediss:// or unix:// URL,
+    got 'http://localhost'
+    >>> RedisLedger("redis://127.0.0.1:6379/0", namespace="web", cluster="yes")
     Traceback (most recent call last):
     ...
-    ValueError: lease_timeout must be a number of seconds from 0.1 to 86400, got 0
+    lbalgo.errors.InvalidOptionError: cluster must be True or False, got 'yes'
     """
 
     _owner: str
@@ -126,12 +110,7 @@ class RedisLedger:
     _thread: threading.Thread | None
 
     def __init__(
-        self,
-        url: str,
-        *,
-        namespace: str,
-        lease_timeout: float = 30.0,
-        cluster: bool = False,
+        self, url: str, *, namespace: str, lease_timeout: float = 30.0, cluster: bool = False
     ) -> None:
         cluster = check_cluster(cluster)
         self._url = check_url(url, cluster)
@@ -140,11 +119,10 @@ class RedisLedger:
         self._prefix = f"lbalgo:{{{self._namespace}}}:"
         self._link = Link(self._url, cluster, self._prefix + "lost")
         self._link.check_usable()
-        self._script: Any = None  # registered on the first call (a Cluster client connects)
         self._lock = threading.Lock()
         self._closed = False
         self._reset()
-        _LIVE.add(self)
+        call_in_forked_child(self._after_fork)
 
     # -- the ConnectionLedger interface ------------------------------------------------------
 
@@ -183,6 +161,8 @@ class RedisLedger:
         """Count one connection on ``key`` chosen by the caller (a sticky session), moving
         it along the tie-break schedule as :meth:`acquire` would. One round trip; raises
         :class:`LedgerUnavailable` when Redis cannot be reached (nothing counted)."""
+        if not isinstance(key, str):
+            raise InvalidTypeError(f"key must be a backend key (str), got {shown(key)}")
         with self._lock:
             self._call("t", take=key)
             self._held[key] = self._held.get(key, 0) + 1
@@ -212,8 +192,19 @@ class RedisLedger:
         return self.counts([key])[key]
 
     def counts(self, keys: Iterable[str]) -> dict[str, int]:
-        """The fleet's open connections for each of ``keys``, in one round trip."""
-        wanted = list(dict.fromkeys(keys))
+        """The fleet's open connections for each of ``keys``, in one round trip. At most
+        1,000 keys (an iterable is read no further); a non-string key or more keys raise
+        :class:`~lbalgo.InvalidTypeError` / :class:`~lbalgo.InvalidOptionError`."""
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise InvalidTypeError(
+                f"keys must be an iterable of backend keys (str), got {shown(keys)}"
+            )
+        wanted = list(dict.fromkeys(at_most(keys, _MAX_KEYS)))
+        if len(wanted) > _MAX_KEYS:
+            raise InvalidOptionError(f"keys must be at most {_MAX_KEYS} keys, got more")
+        for key in wanted:
+            if not isinstance(key, str):
+                raise InvalidTypeError(f"keys must be backend keys (str), got {shown(key)}")
         with self._lock:
             _, values = self._call("", counted=wanted)
         return dict(zip(wanted, values, strict=True))
@@ -329,7 +320,7 @@ class RedisLedger:
             full = not self._synced
             args = self._arguments(full, action, excluded, take, counted)
             try:
-                reply = self._run(args)
+                reply = self._link.run(self._prefix + "q", args)
             except self._link.network_errors as exc:
                 # the reply is lost, the script may or may not have run: resend everything
                 self._synced = False
@@ -348,7 +339,14 @@ class RedisLedger:
                 # The store had lost everything (restart without persistence, FLUSHALL) and
                 # this call put this process's state back and told the fleet: wait for the
                 # others to do the same before choosing on counts that would miss theirs.
-                self._after_rebuild(int(reply[2]), restarted=self._last_call > -math.inf)
+                # others: the news reached them (our own watcher is not one of them)
+                others = int(reply[2]) - (1 if self._link.subscribed else 0)
+                self._link.wait_for_fleet(
+                    self._prefix + "owners",
+                    others,
+                    min(_REBUILD_WAIT, self._lease_timeout / 4),
+                    restarted=self._last_call > -math.inf,  # it had state there before
+                )
                 self._synced, full, attempts = True, False, 1
                 self._mark_applied(True)
                 continue
@@ -359,12 +357,6 @@ class RedisLedger:
         self._mark_applied(full)
         picked = reply[1]
         return (None if picked is None else picked.decode()), [int(v) for v in reply[2:]]
-
-    def _run(self, args: list[str | int]) -> Any:
-        """One EVALSHA (the script is loaded again on NOSCRIPT, e.g. after a restart)."""
-        if self._script is None:
-            self._script = self._link.client().register_script(_load_script())
-        return self._script(keys=[self._prefix + "q"], args=args)
 
     def _mark_applied(self, full: bool) -> None:
         """Redis now has what the call sent: note it, and start the watcher thread."""
@@ -388,29 +380,6 @@ class RedisLedger:
                 self, self._stop, self._lease_timeout / 4, self._owner
             )
 
-    def _after_rebuild(self, listeners: int, restarted: bool) -> None:
-        """Wait (bounded) until the processes that heard of the loss have re-asserted their
-        leases: ``listeners`` subscriptions got the news, this process's own among them if
-        its watcher was listening. When this process had state in the store before (the
-        store lost it, rather than a new namespace), the loss may be a restart, which broke
-        the others' subscriptions too: they are being made again (each process re-asserts
-        once it has), so give them that long as well."""
-        others = listeners - (1 if self._link.subscribed else 0)
-        started = time.monotonic()
-        deadline = started + min(_REBUILD_WAIT, self._lease_timeout / 4)
-        settle = started + (RESUBSCRIBE_EVERY * 3 if restarted else 0.0)
-        try:
-            while (
-                self._link.owners(self._prefix + "owners") - 1 < others
-                or time.monotonic() < settle
-            ):
-                if time.monotonic() >= deadline:
-                    _log.warning("store rebuilt: not every process re-asserted in time")
-                    return
-                time.sleep(0.005)
-        except self._link.network_errors:
-            return  # the next call finds out
-
     def _arguments(
         self,
         full: bool,
@@ -419,18 +388,10 @@ class RedisLedger:
         take: str,
         counted: Sequence[str],
     ) -> list[str | int]:
-        args: list[str | int] = [
-            self._prefix,
-            self._owner,
-            repr(self._lease_timeout),
-            "1" if full else "0",
-            action,
-            max(self._total, 1),
-            take,
-            "SPUBLISH" if self._link.cluster else "PUBLISH",
-            len(excluded),
-            *excluded,
-        ]
+        # the order _redis_ledger.lua reads them in (see its header)
+        args: list[str | int] = [self._prefix, self._owner, repr(self._lease_timeout)]
+        args += ["1" if full else "0", action, max(self._total, 1), take]
+        args += ["SPUBLISH" if self._link.cluster else "PUBLISH", len(excluded), *excluded]
         if full:
             held: list[str | int] = [x for item in self._held.items() for x in item]
             changes: list[str | int] = [x for item in self._eligible.items() for x in item]
@@ -482,17 +443,7 @@ class RedisLedger:
         # (or its socket pool, which redis-py replaces on first use in a new pid).
         eligible = self._eligible
         self._lock = threading.Lock()
+        self._link.subscribed = False  # the watcher thread did not come along
         self._reset()
         self._eligible, self._total = eligible, sum(eligible.values())
 
-
-_LIVE: weakref.WeakSet[RedisLedger] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for ledger in list(_LIVE):
-        ledger._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

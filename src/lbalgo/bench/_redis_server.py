@@ -179,21 +179,22 @@ class RedisCluster:
         self.cli = cli
         self.directory = Path(directory)
         self.nodes = [
-            RedisServer(
-                self.directory / f"node{index}",
-                extra_args=(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    # a stopped master is noticed in a second; the others keep serving
-                    "--cluster-node-timeout", "1000",
-                    "--cluster-require-full-coverage", "no",
-                    # the bus port is a free port of its own, not port + 10000 (which may
-                    # be taken, or above 65535 for a high free port)
-                    "--cluster-port", str(_free_port()),
-                ),
-            )  # fmt: skip
+            RedisServer(self.directory / f"node{index}", extra_args=self._node_args())
             for index in range(masters)
         ]
+
+    @staticmethod
+    def _node_args() -> tuple[str, ...]:
+        return (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            # a stopped master is noticed in a second; the others keep serving
+            "--cluster-node-timeout", "1000",
+            "--cluster-require-full-coverage", "no",
+            # the bus port is a free port of its own, not port + 10000 (which may be taken,
+            # or above 65535 for a high free port); needs Redis 7
+            "--cluster-port", str(_free_port()),
+        )  # fmt: skip
 
     @property
     def url(self) -> str:

@@ -61,7 +61,7 @@ def _count_calls(ledger: RedisLedger) -> list[int]:
         sent[0] += 1
         return send(*args, **options)
 
-    client.execute_command = counting  # type: ignore[method-assign]
+    client.execute_command = counting
     return sent
 
 
