@@ -3,10 +3,26 @@
 Everything public is importable from here; see ``docs/`` for the guide and API reference.
 """
 
-from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
-from lbalgo.errors import InvalidBackendError, InvalidGroupError, LbalgoError, NoBackendAvailable
+from lbalgo.backend import (
+    MAX_BACKENDS,
+    MAX_HOST_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_WEIGHT,
+    Backend,
+    BackendGroup,
+)
+from lbalgo.errors import (
+    InvalidBackendError,
+    InvalidGroupError,
+    InvalidOptionError,
+    InvalidTypeError,
+    LbalgoError,
+    LedgerUnavailable,
+    NoBackendAvailable,
+    UnknownBackendError,
+)
 from lbalgo.ledger import ConnectionLedger, LocalLedger
-from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
+from lbalgo.redis_ledger import RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler
 from lbalgo.source_ip_hash import SourceIPHash
@@ -16,6 +32,8 @@ from lbalgo.wlc import WeightedLeastConnections
 
 __all__ = [
     "MAX_BACKENDS",
+    "MAX_HOST_LENGTH",
+    "MAX_NAME_LENGTH",
     "MAX_WEIGHT",
     "Backend",
     "BackendGroup",
@@ -23,6 +41,8 @@ __all__ = [
     "ConnectionLedger",
     "InvalidBackendError",
     "InvalidGroupError",
+    "InvalidOptionError",
+    "InvalidTypeError",
     "LbalgoError",
     "Lease",
     "LedgerUnavailable",
@@ -33,6 +53,7 @@ __all__ = [
     "SmoothWeightedRoundRobin",
     "SourceIPHash",
     "StickySessions",
+    "UnknownBackendError",
     "WeightedLeastConnections",
     "attempts",
 ]
