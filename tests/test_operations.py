@@ -24,7 +24,8 @@ from lbalgo import (
     StickySessions,
     attempts,
 )
-from lbalgo.scheduler import RAMP_STEPS, BaseScheduler
+from lbalgo._base import BaseScheduler
+from lbalgo.scheduler import RAMP_STEPS
 
 RAMPED = [
     ("lbalgo.swrr", "SmoothWeightedRoundRobin"),

@@ -7,10 +7,11 @@ Each test here pins a defect found in review (see the test's docstring).
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 
 import pytest
 
-import lbalgo.scheduler as scheduler_module
+import lbalgo._counter as counter_module
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -24,7 +25,8 @@ from lbalgo import (
     WeightedLeastConnections,
     attempts,
 )
-from lbalgo.scheduler import BaseScheduler, _Slot
+from lbalgo._base import BaseScheduler
+from lbalgo._slot import Slot
 
 GROUP = BackendGroup(
     [Backend("10.0.0.1", 80, 3), Backend("10.0.0.2", 80, 1), Backend("10.0.0.3", 80, 1)]
@@ -118,21 +120,24 @@ def test_a_sticky_pick_that_the_ledger_refuses_counts_nothing() -> None:
 def test_open_count_read_without_the_lock_never_goes_negative(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``_Slot.open`` read the pick counter, then the release count: a pick and its release
+    """``Slot.open`` read the pick counter, then the release count: a pick and its release
     by other threads in between (lock-free fast paths count picks outside the lock) made
-    ``open_connections`` return -1. Simulated deterministically: the counter read is where
-    the other thread's pick and release land."""
-    slot = _Slot(Backend("10.0.0.1", 80))
-    real = scheduler_module._count_value
+    ``open_connections`` return -1. Simulated deterministically: every count read is where
+    another thread's pick and release land."""
+    slot = Slot(Backend("10.0.0.1", 80))
+    real = counter_module.count_of
 
-    def racing_read(counter: object) -> int:
-        value = real(counter)  # type: ignore[arg-type]
+    def racing_read(count: Iterator[int]) -> int:
+        value = real(count)
         next(slot.picks)  # another thread picks ...
-        slot.released += 1  # ... and releases, between the two reads
+        assert slot.end()  # ... and releases, between the reads
         return value
 
-    monkeypatch.setattr(scheduler_module, "_count_value", racing_read)
+    monkeypatch.setattr(counter_module, "count_of", racing_read)
     assert slot.open >= 0
+    monkeypatch.undo()
+    assert slot.open == 0
+    slot._check()
 
 
 def test_source_ip_hash_fast_path_survives_an_emptied_table() -> None:

@@ -11,14 +11,16 @@ import asyncio
 import pytest
 
 from lbalgo import Backend, BackendGroup, InvalidGroupError, Lease, NoBackendAvailable
-from lbalgo.scheduler import BaseScheduler, Client, _Slot
+from lbalgo._base import BaseScheduler
+from lbalgo._slot import Slot
+from lbalgo.scheduler import Client
 from threads import run_threads
 
 
 class FirstEligible(BaseScheduler):
     """Picks the first eligible backend in group order: enough to exercise the base."""
 
-    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         for slot in self._order:
             if slot.key not in exclude and self._eligible(slot, now):
                 return slot

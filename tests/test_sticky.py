@@ -26,7 +26,9 @@ from lbalgo import (
     Scheduler,
     StickySessions,
 )
-from lbalgo.scheduler import BaseScheduler, Client, Exclude, _Slot
+from lbalgo._base import BaseScheduler
+from lbalgo._slot import Slot
+from lbalgo.scheduler import Client, Exclude
 from threads import run_threads
 
 
@@ -36,7 +38,7 @@ class Rotate(BaseScheduler):
     def _rebuild(self) -> None:
         self._next = getattr(self, "_next", 0)
 
-    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         n = len(self._order)
         for step in range(n):
             slot = self._order[(self._next + step) % n]

@@ -645,7 +645,10 @@ def test_update_keeps_current_weights_of_survivors() -> None:
 
 @pytest.mark.usefixtures("frozen_heap")
 def test_benchmark_smoke() -> None:
-    pick_table, change_table = swrr_bench.run(quick=True)
+    whole, pick_table, change_table = swrr_bench.run(quick=True)
+    assert [row[0] for row in whole.rows] == list(swrr_bench.REQUEST_QUICK_SIZES)
+    for row in whole.rows:
+        assert all(isinstance(cell, float) and cell > 0 for cell in row[1:4])
     assert [row[0] for row in pick_table.rows] == list(swrr_bench.QUICK_SIZES)
     assert len(change_table.rows) == 3 * len(swrr_bench.QUICK_SIZES)
     for row in pick_table.rows:

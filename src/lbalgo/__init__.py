@@ -21,7 +21,8 @@ from lbalgo.errors import (
     NoBackendAvailable,
     UnknownBackendError,
 )
-from lbalgo.ledger import ConnectionLedger, LocalLedger
+from lbalgo.ledger import ConnectionLedger
+from lbalgo.local_ledger import LocalLedger
 from lbalgo.redis_ledger import RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from lbalgo._options import normalize_exclude
 from lbalgo.errors import NoBackendAvailable
-from lbalgo.scheduler import Client, Exclude, Lease, Scheduler, normalize_exclude
+from lbalgo.scheduler import Client, Exclude, Lease, Scheduler
 
 __all__ = ["attempts"]
 

@@ -23,10 +23,12 @@ from fractions import Fraction
 import mmh3
 
 from lbalgo._address import STRICT_PTON, address_key, address_text
+from lbalgo._base import BaseScheduler
 from lbalgo._nginx_chash import MAX_TRIES, Ring
+from lbalgo._slot import Slot
 from lbalgo._table import TABLE_SIZE, Scorer, build_cells
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.scheduler import BaseScheduler, Client, Exclude, Lease, _Slot
+from lbalgo.scheduler import Client, Exclude, Lease
 
 __all__ = ["HASH_VERSION", "SourceIPHash"]
 
@@ -130,13 +132,14 @@ class SourceIPHash(BaseScheduler):
         self._prepared: tuple[tuple[tuple[str, int], ...], array[int]] | None = None
         self._cells: array[int] = array("l")
         self._scorer: Scorer | None = None
-        self._members: tuple[_Slot, ...] = ()
-        self._table: list[_Slot] = []
+        self._members: tuple[Slot, ...] = ()
+        self._table: list[Slot] = []
         self._ring: Ring | None = None
-        self._blocked: frozenset[_Slot] = frozenset()
+        self._blocked: frozenset[Slot] = frozenset()
         self._fast = False
-        self._opens: dict[str, int] = {}
-        self._opens_order: tuple[_Slot, ...] | None = None
+        # bounded loads: every release must come back to count total_open down
+        self._hooked = self._bound is not None
+        self._opens_order: tuple[Slot, ...] | None = None
         self._total_open = 0
         self._weight_sum = 0
         self._any_ramp = False
@@ -184,8 +187,9 @@ class SourceIPHash(BaseScheduler):
             slot = table[_hash(key, _CLIENT_SEED) % TABLE_SIZE]
             if slot not in self._blocked:
                 next(slot.picks)
-                return Lease(self, slot)
-        return Lease(self, self._pick_slot(client, exclude))
+                return Lease(slot.backend, slot, self._end_lease)
+        slot = self._pick_slot(client, exclude)
+        return Lease(slot.backend, slot, self._end_lease)
 
     def update(self, group: BackendGroup) -> None:
         """Swap in a new group; the new table is built before the lock is taken, so picks
@@ -198,7 +202,7 @@ class SourceIPHash(BaseScheduler):
 
     # -- BaseScheduler hooks -------------------------------------------------------------------
 
-    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         key = address_key(client)
         candidates = self._nginx_walk(key) if self._ring is not None else self._choices(key)
         bound = self._bound
@@ -220,21 +224,18 @@ class SourceIPHash(BaseScheduler):
             # open < ceil(c * (total + 1) * w / W), in exact integer arithmetic
             limit = numerator * (total + 1) * weight
             cap = -(-limit // (denominator * weight_sum))
-            if self._opens.get(slot.key, 0) < cap:
-                self._opens[slot.key] = self._opens.get(slot.key, 0) + 1
+            if slot.open < cap:
                 self._total_open += 1
                 return slot
         raise self._no_backend(exclude)
 
-    def _on_release(self, slot: _Slot) -> None:
-        if self._bound is not None and self._opens.get(slot.key, 0) > 0:
-            self._opens[slot.key] -= 1
+    def _released(self, slot: Slot) -> None:
+        if self._total_open > 0:
             self._total_open -= 1
 
-    def _on_take(self, slot: _Slot) -> None:
+    def _taken(self, slot: Slot) -> None:
         # a wrapper (sticky sessions) picked this backend itself: count it against the cap
         if self._bound is not None:
-            self._opens[slot.key] = self._opens.get(slot.key, 0) + 1
             self._total_open += 1
 
     def _rebuild(self) -> None:
@@ -254,8 +255,7 @@ class SourceIPHash(BaseScheduler):
         self._weight_sum = sum(s.backend.weight for s in order if self._eligible(s, now))
         self._any_ramp = self._ramping()
         if self._bound is not None and self._opens_order is not order:
-            self._opens = {s.key: s.open for s in order}
-            self._total_open = sum(self._opens.values())
+            self._total_open = sum(s.open for s in order)
             self._opens_order = order
         self._fast = (
             self._compat is None and self._bound is None and not self._timed and bool(self._table)
@@ -310,7 +310,7 @@ class SourceIPHash(BaseScheduler):
     def _fine_weight_sum(self, now: float) -> int:
         return sum(self._fine_weight(slot, now) for slot in self._order)
 
-    def _choices(self, key: bytes) -> Iterator[_Slot]:
+    def _choices(self, key: bytes) -> Iterator[Slot]:
         """The client's fixed order of choices: the backends by score at its cell (the first
         is the table's owner of the cell; the rest are scored only when needed, O(n))."""
         if not self._table or self._scorer is None:
@@ -323,7 +323,7 @@ class SourceIPHash(BaseScheduler):
             if members[index] is not first:
                 yield members[index]
 
-    def _nginx_walk(self, key: bytes) -> Iterator[_Slot]:
+    def _nginx_walk(self, key: bytes) -> Iterator[Slot]:
         """The ring points nginx visits for this client, as backends; after nginx's 20 steps
         (where nginx would round-robin) the walk goes on along the ring, deterministically."""
         ring = self._ring

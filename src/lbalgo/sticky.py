@@ -14,17 +14,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
+from lbalgo._base import BaseScheduler
+from lbalgo._options import normalize_exclude
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import NoBackendAvailable
-from lbalgo.scheduler import (
-    BackendStats,
-    BaseScheduler,
-    Client,
-    Exclude,
-    Lease,
-    Scheduler,
-    normalize_exclude,
-)
+from lbalgo.scheduler import BackendStats, Client, Exclude, Lease, Scheduler
 
 __all__ = ["StickySessions"]
 
@@ -235,10 +229,9 @@ class StickySessions:
     ) -> Backend | Lease | None:
         """Pick the bound backend ``key`` if it is eligible now, else ``None``."""
         if self._base is not None:
-            slot = self._base._take(key, excluded)
-            if slot is None:
-                return None
-            return Lease(self._base, slot) if lease else slot.backend
+            if lease:
+                return self._base.take_connection(key, excluded)
+            return self._base.take(key, excluded)
         inner = self._scheduler
         backend = inner.group.get(key)
         if backend is None or backend.weight == 0 or key in excluded or not inner.is_up(key):

@@ -12,237 +12,22 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from heapq import heapify, heapreplace
-from itertools import compress, repeat
-from operator import add, itemgetter
-from typing import TypeAlias
 
-from lbalgo.backend import MAX_BACKENDS, Backend, BackendGroup
-from lbalgo.scheduler import (
-    RAMP_STEPS,
-    BaseScheduler,
-    Client,
-    Clock,
-    Exclude,
-    _count_value,
-    _Slot,
-    normalize_exclude,
-)
+from lbalgo._base import BaseScheduler
+from lbalgo._counter import count_of
+from lbalgo._options import normalize_exclude
+from lbalgo._slot import Slot
+from lbalgo._slowstart import RAMP_STEPS
+from lbalgo._swrr_replay import EMPTY, ClassGenerator, Epoch, Stream, unscale
+from lbalgo.backend import Backend, BackendGroup
+from lbalgo.scheduler import Client, Clock, Exclude
 
 __all__ = ["SmoothWeightedRoundRobin"]
 
-# A pick key packs a current weight and the peer's position: value * _SCALE + (_SCALE - 1 - i),
-# so one max() over ints finds the largest value and, among equals, the first peer.
-_SCALE = 512
-assert _SCALE > MAX_BACKENDS
-_WINDOW = 16  # generator steps that share one choice of candidate classes
 _FIRST_CHUNK = 32  # picks generated right after a change: the first pick stays cheap
 _MAX_CHUNK = 1024
-
-# What the lock-free fast path draws from: (slot, its backend, its pick count before this
-# pick); one next() on it advances the rotation and counts the pick in a single C call.
-_Stream: TypeAlias = Iterator[tuple[_Slot, Backend, int]]
-_EMPTY: _Stream = iter(())
-
-
-class _Generator:
-    """nginx's loop for fixed weights, run one *weight class* at a time, not one peer.
-
-    Peers of equal weight gain the same amount every step, so their order within the class
-    only changes when one of them is picked: a heap per class (keyed by the current weight
-    minus what the class gained since the start) gives the class's leader, and a step takes
-    the max over the leaders of D <= 100 classes. A leader's pick key grows linearly with the
-    step number (``key(S) = base + (S - S0) * inc``), and the max over the next ``_WINDOW``
-    steps is at least the (_WINDOW + 1)-th largest key now (at most _WINDOW classes can be
-    picked meanwhile, and a picked class's leader never rises above its old line), so each
-    window only looks at the classes that can reach that bound: about a fifth of them for
-    random weights. Every per-class operation is a C-level ``map``/``max`` over ints.
-    """
-
-    __slots__ = ("_alone", "_base", "_class_of", "_heaps", "_inc", "_rows", "steps", "total")
-
-    def __init__(self, weights: Sequence[int], current: Sequence[int]) -> None:
-        self.total = sum(weights)
-        self.steps = 0  # picks generated so far
-        members: dict[int, list[int]] = {}
-        for i, weight in enumerate(weights):
-            members.setdefault(weight, []).append(i)
-        self._class_of = [0] * len(weights)
-        # per class: heap of (-(C_i - steps * w), i); its top is the class's leader
-        self._heaps: list[list[tuple[int, int]]] = []
-        for c, positions in enumerate(members.values()):
-            heap = [(-current[i], i) for i in positions]
-            heapify(heap)
-            self._heaps.append(heap)
-            for i in positions:
-                self._class_of[i] = c
-        self._inc = [weight * _SCALE for weight in members]
-        self._alone = [len(heap) == 1 for heap in self._heaps]
-        self._rows = [[s * inc for inc in self._inc] for s in range(_WINDOW + 1)]
-        # every class's pick key at the next step (number steps + 1)
-        self._base = [self._key(c, 1) for c in range(len(self._heaps))]
-
-    def _key(self, c: int, step: int) -> int:
-        """Class ``c``'s leader's pick key at ``step``: its value then, and its position."""
-        negated, i = self._heaps[c][0]
-        return (step * self._inc[c] - negated * _SCALE) + (_SCALE - 1 - i)
-
-    def run(self, count: int) -> list[int]:
-        """The positions of the next ``count`` picks."""
-        base, inc, rows, heaps = self._base, self._inc, self._rows, self._heaps
-        class_of, alone, total = self._class_of, self._alone, self.total
-        scale, last = _SCALE, _SCALE - 1
-        drop = total * scale
-        classes = range(len(heaps))
-        out: list[int] = []
-        append = out.append
-        while len(out) < count:
-            span = min(_WINDOW, count - len(out))
-            start = self.steps + 1  # the step the keys in base are for
-            if len(base) > _WINDOW + 1:
-                bound = sorted(base, reverse=True)[_WINDOW]  # C sort beats heapq.nlargest
-                reach = map(add, base, rows[span - 1])
-                candidates = list(compress(classes, map(operator.le, repeat(bound), reach)))
-            else:
-                candidates = list(classes)
-            # the candidates' keys at the window's start, and their growth s steps later
-            keys = [base[c] for c in candidates]
-            if len(candidates) > 1:
-                growth = list(map(itemgetter(*candidates), rows[:span]))
-            else:
-                growth = [(row[candidates[0]],) for row in rows[:span]]
-            where = {c: j for j, c in enumerate(candidates)}
-            for row in growth:
-                key = max(map(add, keys, row))
-                i = last - key % scale
-                append(i)
-                c = class_of[i]
-                heap = heaps[c]
-                heapreplace(heap, (heap[0][0] + total, i))
-                if alone[c]:
-                    keys[where[c]] -= drop  # same peer, lower by the total, same line
-                else:
-                    negated, leader = heap[0]
-                    keys[where[c]] = start * inc[c] - negated * scale + (last - leader)
-            for j, c in enumerate(candidates):
-                base[c] = keys[j]
-            self.steps += span
-            base = list(map(add, base, rows[span]))
-        self._base = base
-        return out
-
-    def current(self) -> list[int]:
-        """Every peer's current weight after the picks generated so far, O(n)."""
-        out = [0] * len(self._class_of)
-        for heap, inc in zip(self._heaps, self._inc, strict=True):
-            gained = self.steps * (inc // _SCALE)
-            for negated, i in heap:
-                out[i] = gained - negated
-        return out
-
-
-class _Epoch:
-    """The peers taking part since the last change, and where their rotation stands.
-
-    ``start`` holds the current weights at the epoch's origin. While the sequence is being
-    generated (``cycle`` is None), ``recent`` holds the last picks generated (at least W of
-    them once there are) and ``counts`` how often each peer appears among the last W. When
-    those W picks gave every peer exactly its weight, the state after them equals the state
-    before them, so the sequence repeats them forever: ``cycle`` holds them and ``start``
-    becomes the state at the cycle's first pick.
-
-    How many picks were drawn is read without a ticket on the fast path: from the chunk's
-    list iterator while generating, and from the pick counters once cycling.
-    """
-
-    __slots__ = (
-        "chunk",
-        "chunk_end",
-        "counted",
-        "counts",
-        "cycle",
-        "generator",
-        "keys",
-        "offset",
-        "recent",
-        "slots",
-        "start",
-        "target",
-        "weights",
-    )
-
-    def __init__(self, slots: tuple[_Slot, ...], weights: tuple[int, ...], start: list[int]):
-        self.slots = slots
-        self.weights = weights
-        self.keys = frozenset(slot.key for slot in slots)
-        self.start = start
-        self.target = Counter(dict(enumerate(weights)))
-        self.generator: _Generator | None = None
-        self.recent: list[int] = []
-        self.counts: Counter[int] = Counter()
-        self.chunk: Iterator[_Slot] = iter(())  # the slots of the chunk being drawn
-        self.chunk_end = 0  # picks generated up to the end of that chunk
-        self.cycle: tuple[int, ...] | None = None
-        self.offset = 0  # cycle position at which the replay stream started
-        self.counted = 0  # pick counters' sum over the epoch's slots when it started
-
-    def drawn(self, takes: int) -> int:
-        """Picks drawn so far: from the origin while generating, within the cycle after."""
-        if self.cycle is None:
-            return self.chunk_end - operator.length_hint(self.chunk)
-        picks = sum(_count_value(slot.picks) for slot in self.slots)
-        return (self.offset + picks - self.counted - takes) % len(self.cycle)
-
-    def current(self, takes: int) -> list[int]:
-        """The exact current weights after every pick drawn so far, O(n + W) at worst.
-
-        ``takes``: picks counted on these slots by other means since the replay started.
-        """
-        drawn = self.drawn(takes)
-        total = sum(self.weights)
-        if self.cycle is not None:
-            # C(p) = C(0) + p * w - W * (picks within the first p of the cycle)
-            got = Counter(self.cycle[:drawn])
-            return [
-                c + drawn * w - total * got[i]
-                for i, (c, w) in enumerate(zip(self.start, self.weights, strict=True))
-            ]
-        if self.generator is None:
-            return list(self.start)
-        # roll back the generated picks not drawn yet (at most one chunk)
-        ahead = self.generator.steps - drawn
-        got = Counter(self.recent[len(self.recent) - ahead :]) if ahead else Counter()
-        return [
-            c - ahead * w + total * got[i]
-            for i, (c, w) in enumerate(zip(self.generator.current(), self.weights, strict=True))
-        ]
-
-
-def _unscale(values: Sequence[int]) -> list[int]:
-    """Current weights on the fine scale of a ramp (units of ``1 / RAMP_STEPS``) back in whole
-    weights, when the last ramp ends: each is divided by :data:`~lbalgo.scheduler.RAMP_STEPS`
-    and rounded down or up, by the largest-remainder rule: just enough of them round up for
-    the sum to be the old sum divided likewise (rounded half up if not whole), the largest
-    remainders first, ties in group order. So each value moves by less than 1, and a sum of
-    0, which nginx's current weights keep (each step adds the total and takes it away once),
-    stays 0.
-
-    >>> _unscale([40, -40, 0]), _unscale([48, -36, -12]), _unscale([16, 16, -32])
-    ([1, -1, 0], [1, -1, 0], [1, 0, -1])
-    """
-    floors = [value // RAMP_STEPS for value in values]
-    target = (sum(values) + RAMP_STEPS // 2) // RAMP_STEPS
-    ups = target - sum(floors)  # from 0 to len(values): remainders are below RAMP_STEPS
-    by_remainder = sorted(
-        range(len(values)), key=lambda i: (floors[i] * RAMP_STEPS - values[i], i)
-    )
-    for i in by_remainder[:ups]:
-        floors[i] += 1
-    return floors
 
 
 class SmoothWeightedRoundRobin(BaseScheduler):
@@ -322,9 +107,9 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         clock: Clock = time.monotonic,
     ) -> None:
         # exact current weights of every slot (for slots in the epoch: as of its origin)
-        self._current: dict[_Slot, int] = {}
-        self._epoch: _Epoch | None = None
-        self._stream: _Stream = _EMPTY
+        self._current: dict[Slot, int] = {}
+        self._epoch: Epoch | None = None
+        self._stream: Stream = EMPTY
         self._chunk = _FIRST_CHUNK
         self._takes = 0  # picks made by _take (sticky sessions) since the replay started
         # 1, or RAMP_STEPS while a slow-start ramp is on: the unit of the current weights
@@ -348,7 +133,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
                 pass
         return self._pick_slot(client, exclude).backend
 
-    def _pick_slot(self, client: Client, exclude: Exclude) -> _Slot:
+    def _pick_slot(self, client: Client, exclude: Exclude) -> Slot:
         if not exclude:
             try:
                 return next(self._stream)[0]
@@ -368,12 +153,12 @@ class SmoothWeightedRoundRobin(BaseScheduler):
 
     # -- the hooks of BaseScheduler ----------------------------------------------------------
 
-    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         """One exact step of nginx's loop over the materialized current weights, O(n)."""
         resume = self._epoch is not None
         self._fold()
         current = self._current
-        best: _Slot | None = None
+        best: Slot | None = None
         best_value = 0
         total = 0
         taking_part = []
@@ -410,7 +195,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             self._scale = RAMP_STEPS
         elif not ramping and self._scale != 1:
             self._current = dict(
-                zip(self._current, _unscale(list(self._current.values())), strict=True)
+                zip(self._current, unscale(list(self._current.values())), strict=True)
             )
             self._scale = 1
         self._start_epoch()
@@ -423,14 +208,14 @@ class SmoothWeightedRoundRobin(BaseScheduler):
         if epoch is None:
             return
         # stop the fast path first, so that no draw slips in after the count is read
-        self._stream = _EMPTY
+        self._stream = EMPTY
         self._epoch = None
         for slot, value in zip(epoch.slots, epoch.current(self._takes), strict=True):
             self._current[slot] = value
 
     def _start_epoch(self) -> None:
         """Start generating from the current weights if nothing depends on the clock."""
-        self._stream = _EMPTY
+        self._stream = EMPTY
         self._epoch = None
         if self._next_event != math.inf or self._scale != 1 or any(
             slot.suspended_until != -math.inf and slot.up and slot.backend.weight > 0
@@ -442,19 +227,19 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             return
         now = self._now()
         slots = tuple(slot for slot in self._order if self._eligible(slot, now))
-        self._epoch = _Epoch(
+        self._epoch = Epoch(
             slots,
             tuple(slot.backend.weight for slot in slots),
             [self._current[slot] for slot in slots],
         )
         self._chunk = _FIRST_CHUNK
 
-    def _on_take(self, slot: _Slot) -> None:
+    def _taken(self, slot: Slot) -> None:
         # a sticky session's pick bypasses the rotation (nginx's sticky does too); only the
         # replay's count of draws must know about it
         self._takes += 1
 
-    def _draw(self, excluded: frozenset[str]) -> _Slot:
+    def _draw(self, excluded: frozenset[str]) -> Slot:
         """A pick from the epoch's sequence (under the lock), generating more when needed."""
         while True:
             try:
@@ -471,7 +256,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             raise self._no_backend(excluded)
         generator = epoch.generator
         if generator is None:
-            generator = epoch.generator = _Generator(epoch.weights, epoch.start)
+            generator = epoch.generator = ClassGenerator(epoch.weights, epoch.start)
         period = generator.total
         recent = epoch.recent
         if len(recent) > 2 * period:
@@ -504,13 +289,13 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             strict=False,  # the chunk's iterators end together
         )
 
-    def _replay(self, epoch: _Epoch, position: int) -> None:
+    def _replay(self, epoch: Epoch, position: int) -> None:
         """Replay the cycle forever from ``position`` (lock-free for the fast path)."""
         assert epoch.cycle is not None
         order = epoch.cycle[position:] + epoch.cycle[:position]
         slots = [epoch.slots[i] for i in order]
         epoch.offset = position
-        epoch.counted = sum(_count_value(slot.picks) for slot in epoch.slots)
+        epoch.counted = sum(count_of(slot.picks) for slot in epoch.slots)
         self._takes = 0
         self._stream = zip(
             itertools.cycle(slots),

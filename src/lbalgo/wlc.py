@@ -8,14 +8,16 @@ connections in this process (the default) or across a fleet.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import weakref
 
+from lbalgo._base import BaseScheduler
+from lbalgo._slot import Slot
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.ledger import ConnectionLedger, LocalLedger
-from lbalgo.scheduler import RAMP_STEPS, BaseScheduler, Client, Clock, Exclude, _Slot
+from lbalgo.ledger import ConnectionLedger
+from lbalgo.local_ledger import LocalLedger
+from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
 __all__ = ["WeightedLeastConnections"]
 
@@ -35,7 +37,7 @@ class WeightedLeastConnections(BaseScheduler):
     open) every prefix of the pick sequence gives each backend its weighted share to within
     one pick, also for skewed weights such as ten backends of weight 1 and one of weight 100.
     nginx's ``least_conn`` runs smooth round robin among tied peers; this uses the WF2Q
-    fair-queueing rule instead, which is tighter (see :class:`~lbalgo.ledger.LocalLedger`).
+    fair-queueing rule instead, which is tighter (see :class:`~lbalgo.LocalLedger`).
 
     Weight 0, ``mark_down`` and passive-health suspensions stop new picks while the open
     connections drain through ``release``; counts are kept by backend key, so a backend
@@ -46,7 +48,7 @@ class WeightedLeastConnections(BaseScheduler):
     over as ``w * 32``; scaling every weight alike leaves every ratio's order as it was).
 
     ``ledger``: where counts live and the choice is made; ``None`` (the default) is a fresh
-    in-process :class:`~lbalgo.ledger.LocalLedger`. Give each scheduler its own ledger
+    in-process :class:`~lbalgo.LocalLedger`. Give each scheduler its own ledger
     object (a shared ledger such as ``RedisLedger`` shares through its store, one object per
     process): a ledger another live scheduler uses raises ``ValueError``.
     ``open_connections`` and ``stats`` show this scheduler's own counts;
@@ -84,8 +86,6 @@ class WeightedLeastConnections(BaseScheduler):
             raise TypeError(f"ledger must be a ConnectionLedger, got {ledger!r}")
         self._ledger: ConnectionLedger = ledger
         self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
-        # when the next slow-start weight step is due (the base only tracks ramp ends)
-        self._next_step = math.inf
         if given:
             # checked before the base's first rebuild hands the ledger this group
             with _owners_lock:
@@ -121,12 +121,12 @@ class WeightedLeastConnections(BaseScheduler):
         return self._ledger
 
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
-        """Choose the backend for one new connection: the lowest ``open / weight``."""
+        """Choose the backend for one new connection: the lowest ``open / weight``,
+        O(log n) under one short lock."""
         local = self._local
         if local is None or exclude:
             return self._pick_slot(client, exclude).backend
-        # The base's path minus what cannot apply here (clock, ramps, passive-health
-        # trials): about a third of the cost of a pick at any size.
+        # the base's path minus what cannot apply here (clock, ramps, passive-health trials)
         with self._lock:
             key = local.acquire()
             if key is None:
@@ -135,52 +135,66 @@ class WeightedLeastConnections(BaseScheduler):
             next(slot.picks)
         return slot.backend
 
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
+        """Pick now and return a :class:`~lbalgo.Lease`; its exit is :meth:`release`'s
+        path, O(log n) under one short lock."""
+        local = self._local
+        if local is None or exclude:
+            return super().connection(client, exclude=exclude)
+        with self._lock:
+            key = local.acquire()
+            if key is None:
+                raise self._no_backend(())
+            slot = self._slots[key]
+            next(slot.picks)
+        return Lease(slot.backend, slot, self._end_lease)
+
     def release(self, backend: Backend, *, failed: bool = False) -> None:
-        """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`)."""
+        """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`),
+        O(log n) under one short lock."""
         local = self._local
         if local is None or failed is not False or type(backend) is not Backend:
             super().release(backend, failed=failed)
             return
-        key = backend.key
         with self._lock:
-            slot = self._slots.get(key)
-            # without passive health, the base's release is just this: count it if open
-            # (the local ledger's count for a key is this scheduler's open count)
-            if slot is not None and local.release_open(key):
-                slot.released += 1
+            slot = self._slots.get(backend.key)
+            # the local ledger's count for a key is this scheduler's open count: its answer
+            # says whether the release is within it
+            if slot is not None and local.release_open(slot.key):
+                next(slot.ends)
 
-    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> _Slot:
-        if now >= self._next_step:
-            self._rebuild()
+    # -- the hooks of BaseScheduler ----------------------------------------------------------
+
+    _hooked = True  # every release reaches the ledger
+
+    def _finish(self, slot: Slot, failed: bool) -> None:
+        local = self._local
+        if local is None or failed:
+            super()._finish(slot, failed)
+            return
+        with self._lock:
+            if local.release_open(slot.key):
+                next(slot.ends)
+
+    def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         key = self._ledger.acquire(exclude)
         if key is None:
             raise self._no_backend(exclude)
         return self._slots[key]
 
-    def _on_take(self, slot: _Slot) -> None:
+    def _taken(self, slot: Slot) -> None:
         self._ledger.take(slot.key)
 
-    def _on_release(self, slot: _Slot) -> None:
+    def _released(self, slot: Slot) -> None:
         self._ledger.release(slot.key)
 
     def _rebuild(self) -> None:
         now = self._now()
         eligible: list[tuple[str, int]] = []
-        next_step = math.inf
         for slot in self._order:
             weight = self._fine_weight(slot, now)
             if weight:
                 eligible.append((slot.key, weight))
-                if slot.ramp_start is not None:
-                    step = weight // slot.backend.weight
-                    if step < RAMP_STEPS:
-                        # _ramp_step moves to step + 1 once RAMP_STEPS * elapsed / slow_start
-                        # reaches step
-                        due = slot.ramp_start + step * self._slow_start / RAMP_STEPS
-                        next_step = min(next_step, due)
-        # float rounding can put a step a hair before the weight actually moves: try again
-        # at the next clock reading rather than at every pick of this one
-        self._next_step = next_step if next_step > now else math.nextafter(now, math.inf)
         self._ledger.set_eligible(eligible)
         keys = self._slots.keys()
         gone = [key for key in self._known if key not in keys]

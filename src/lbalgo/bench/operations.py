@@ -13,6 +13,7 @@ Bounded-load hashing (``balance_factor``) against plain consistent hashing is me
 
 from __future__ import annotations
 
+from lbalgo._base import BaseScheduler
 from lbalgo.bench._core import (
     Table,
     empty_call_ns,
@@ -22,7 +23,6 @@ from lbalgo.bench._core import (
     sample_clients,
     sample_group,
 )
-from lbalgo.scheduler import BaseScheduler
 from lbalgo.source_ip_hash import SourceIPHash
 from lbalgo.sticky import StickySessions
 from lbalgo.swrr import SmoothWeightedRoundRobin

@@ -1,7 +1,9 @@
 """Smooth weighted round robin: the replayed pick against nginx's O(n) loop and peers.
 
-Two tables, every figure a ratio measured side by side in one run:
+Three tables, every figure a ratio measured side by side in one run:
 
+- the whole request (pick, pick + release, ``with connection()``) at 8, 50 and 500 backends
+  against an empty method call (see :mod:`lbalgo.bench.request`);
 - the steady-state pick at 3, 50 and 500 backends (weights 1..100) against an empty Python
   method call (the floor), the O(n) loop written plainly in Python (``NaiveSmoothRoundRobin``,
   no lock and no counting, so the comparison flatters it), and the ``roundrobin`` package's
@@ -25,12 +27,15 @@ from lbalgo.bench._core import (
     sample_group,
     time_prepared,
 )
+from lbalgo.bench.request import swrr_table
 from lbalgo.swrr import SmoothWeightedRoundRobin
 
 __all__ = ["NaiveSmoothRoundRobin", "run"]
 
 SIZES = (3, 50, 500)
 QUICK_SIZES = (3, 50)
+REQUEST_SIZES = (8, 50, 500)
+REQUEST_QUICK_SIZES = (8,)
 AFTER_CHANGE = 10_000
 """Picks timed after each change."""
 ROUNDS = 5
@@ -189,11 +194,13 @@ def _change_table(sizes: tuple[int, ...], after: int) -> Table:
 
 
 def run(quick: bool = False) -> list[Table]:
-    """The two tables above (``quick``: 3 and 50 backends, fewer loops, for the smoke test)."""
+    """The whole request (:func:`lbalgo.bench.request.swrr_table`), then the two tables
+    above (``quick``: small sizes, fewer loops, for the smoke test)."""
     sizes = QUICK_SIZES if quick else SIZES
     loops = 2_000 if quick else 30_000
     after = 1_000 if quick else AFTER_CHANGE
-    return [_pick_table(sizes, loops), _change_table(sizes, after)]
+    whole = swrr_table(REQUEST_QUICK_SIZES if quick else REQUEST_SIZES, loops, 2 if quick else 5)
+    return [whole, _pick_table(sizes, loops), _change_table(sizes, after)]
 
 
 if __name__ == "__main__":

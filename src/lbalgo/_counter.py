@@ -1,0 +1,112 @@
+"""The one counter model: picks, ends and open connections, counted without a lock.
+
+A proxy counts a pick and a release on every request, from any thread, so the counts must
+be exact without a lock on the hot path. Each count is a ``range`` iterator: ``next()`` on
+it is one C call (under the GIL nothing runs in the middle of it), it returns the count
+*before* the step (which is what makes a release's check exact, see :meth:`Tally.end`),
+and ``operator.length_hint`` reads how many steps remain, which gives the count back in
+another C call: no parsing, no object per event, O(1) memory for any count.
+
+>>> tally = Tally()
+>>> next(tally.picks), next(tally.picks), tally.open
+(0, 1, 2)
+>>> tally.end(), tally.end(), tally.end()  # the third release has no pick left to end
+(True, True, False)
+>>> tally.open, tally.picked
+(0, 2)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from operator import length_hint
+from threading import Lock
+
+__all__ = ["ORIGIN", "Tally", "count_of", "new_count"]
+
+_VOID_LOCK = Lock()  # only the rare over-release path takes it
+
+ORIGIN = sys.maxsize
+"""Steps a count can take: ``range(sys.maxsize)`` is the largest range CPython keeps in a
+machine word (2**63 - 1 on 64-bit builds; a year at a billion picks a second uses 2**55)."""
+
+
+def new_count() -> Iterator[int]:
+    """A fresh count at 0: ``next()`` on it adds one and returns the count before. O(1)."""
+    return iter(range(ORIGIN))
+
+
+def count_of(count: Iterator[int]) -> int:
+    """The number of ``next()`` calls made on ``count`` so far, in one C call. O(1).
+
+    >>> c = new_count(); _ = next(c); count_of(c)
+    1
+    """
+    return ORIGIN - length_hint(count)
+
+
+class Tally:
+    """Picks, ends and voided ends of one backend in one scheduler; the open count is
+    ``picks - ends + voids``.
+
+    ``picks`` and ``ends`` are counts that only grow; a release beyond the open count is
+    counted as an end and then voided, both by ``next()`` calls, so every step is one
+    atomic C call and no two threads can lose a count or make a void disappear. O(1) each.
+    """
+
+    __slots__ = ("ends", "picks", "voids")
+
+    def __init__(self) -> None:
+        self.picks = new_count()
+        self.ends = new_count()
+        self.voids = new_count()
+
+    @property
+    def picked(self) -> int:
+        """Picks so far."""
+        return count_of(self.picks)
+
+    @property
+    def open(self) -> int:
+        """Picks not yet released, never below 0, O(1).
+
+        Voids are read first and picks last: each of the three only grows, so a release
+        racing with this read can make it high by one for an instant, never negative.
+        """
+        voids = count_of(self.voids)
+        ends = count_of(self.ends)
+        opened = count_of(self.picks) - ends + voids
+        return opened if opened > 0 else 0
+
+    def end(self) -> bool:
+        """Count one release; ``False`` when no pick was left open (then it counts nothing).
+
+        ``next()`` numbers the end: end number ``i`` leaves ``i + 1 - voids`` ends against
+        the picks seen after it, so the common case is one ``next()`` and two reads,
+        lock-free. A release that finds itself beyond the open count voids the excess
+        under a lock (a rare path: only a caller releasing more than it picked gets there)
+        from the totals, read ends first and picks last, so that a pick and its release
+        racing with the fix are never voided. O(1).
+        """
+        number = next(self.ends)
+        if number + length_hint(self.voids) - ORIGIN < ORIGIN - length_hint(self.picks):
+            return True
+        return self.void_excess()
+
+    def void_excess(self) -> bool:
+        """The rare path of :meth:`end`: void the ends beyond the picks, from the totals,
+        under a lock; ``True`` if the release that called it still counts."""
+        with _VOID_LOCK:
+            ends = count_of(self.ends)
+            voids = count_of(self.voids)
+            excess = ends - voids - count_of(self.picks)
+            for _ in range(excess):
+                next(self.voids)
+        return excess <= 0
+
+    def _check(self) -> None:
+        """Assert the invariant: voids never exceed ends, ends never exceed picks + voids."""
+        picks, ends, voids = count_of(self.picks), count_of(self.ends), count_of(self.voids)
+        assert 0 <= voids <= ends, (picks, ends, voids)
+        assert ends - voids <= picks, (picks, ends, voids)
