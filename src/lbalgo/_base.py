@@ -29,8 +29,14 @@ from lbalgo._options import check_options, normalize_exclude
 from lbalgo._passive import PassiveHealth
 from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS, Ramps
+from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.errors import InvalidGroupError, NoBackendAvailable
+from lbalgo.errors import (
+    InvalidGroupError,
+    InvalidTypeError,
+    NoBackendAvailable,
+    UnknownBackendError,
+)
 from lbalgo.scheduler import BackendStats, Client, Clock, Exclude, Lease
 
 __all__ = ["BaseScheduler"]
@@ -70,7 +76,7 @@ class BaseScheduler(ABC):
         clock: Clock = time.monotonic,
     ) -> None:
         if not isinstance(group, BackendGroup):
-            raise InvalidGroupError(f"group must be a BackendGroup, got {group!r}")
+            raise InvalidGroupError(f"group must be a BackendGroup, got {shown(group)}")
         check_options(slow_start, max_fails, fail_timeout, clock)
         self._lock = threading.RLock()
         self._slow_start = float(slow_start)
@@ -214,7 +220,7 @@ class BaseScheduler(ABC):
         (ramping if slow start is on); removed keys are forgotten.
         """
         if not isinstance(group, BackendGroup):
-            raise InvalidGroupError(f"group must be a BackendGroup, got {group!r}")
+            raise InvalidGroupError(f"group must be a BackendGroup, got {shown(group)}")
         with self._lock:
             old = self._slots
             slots: dict[str, Slot] = {}
@@ -361,8 +367,10 @@ class BaseScheduler(ABC):
                 reasons.append(f"{slot.key} down")
             elif slot.weight == 0:
                 reasons.append(f"{slot.key} weight 0")
-            else:
+            elif slot.suspended_until > self._now():
                 reasons.append(f"{slot.key} suspended by passive health")
+            else:  # eligible: only a scheduler's own rule left it out (never expected)
+                reasons.append(f"{slot.key} not taken")
         shown = ", ".join(reasons[:5]) + (", ..." if len(reasons) > 5 else "")
         return NoBackendAvailable(f"no backend available ({shown})")
 
@@ -387,7 +395,7 @@ class BaseScheduler(ABC):
         try:
             return self._slots[key]
         except (KeyError, TypeError):
-            raise KeyError(key) from None
+            raise UnknownBackendError(key) from None
 
     def _start_ramp(self, slots: Iterable[Slot]) -> None:
         """Ramp ``slots`` (joining together) from now, if slow start is on and some other
@@ -404,9 +412,9 @@ class BaseScheduler(ABC):
 
     def _release_checked(self, backend: object, failed: object) -> None:
         if not isinstance(backend, Backend):
-            raise TypeError(f"release expects a Backend, got {backend!r}")
+            raise InvalidTypeError(f"release expects a Backend, got {shown(backend)}")
         if type(failed) is not bool:
-            raise TypeError(f"failed must be a bool, got {failed!r}")
+            raise InvalidTypeError(f"failed must be a bool, got {shown(failed)}")
         slot = self._slots.get(backend.key)
         if slot is not None:
             self._finish(slot, failed)

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from lbalgo.errors import InvalidOptionError, LbalgoError
 
-__all__ = ["MAX_SECONDS", "at_most", "integer", "is_collection", "seconds", "shown"]
+__all__ = ["MAX_SECONDS", "at_most", "integer", "is_collection", "number", "seconds", "shown"]
 
 MAX_SECONDS = 1e9
 """The longest duration any option takes (about 31 years): beyond it a value is a mistake."""
@@ -86,6 +86,43 @@ def integer(
     raise error(f"{field} must be an integer {rule}, got {shown(value)}")
 
 
+def number(
+    field: str,
+    value: object,
+    low: float,
+    high: float,
+    *,
+    above_low: bool = False,
+    unit: str = "",
+    error: type[LbalgoError] = InvalidOptionError,
+) -> float:
+    """``value`` as a float if it is an ``int`` or ``float`` (never a ``bool``) from ``low``
+    (excluded when ``above_low``) to ``high``; else ``error`` naming the field and the
+    value. NaN, infinities and integers of any size are refused, never converted. O(1).
+
+    >>> number("balance_factor", 1.25, 1, 100, above_low=True)
+    1.25
+    >>> number("balance_factor", float("nan"), 1, 100, above_low=True)
+    Traceback (most recent call last):
+    ...
+    lbalgo.errors.InvalidOptionError: balance_factor must be a number above 1 and at most 100,
+    got nan
+    """
+    # int-float comparisons are exact in Python: no conversion, no OverflowError
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (low < value if above_low else low <= value)
+        and value <= high
+    ):
+        return float(value)
+    if above_low:
+        rule = f"above {_number(low)} and at most {_number(high)}"
+    else:
+        rule = f"from {_number(low)} to {_number(high)}"
+    raise error(f"{field} must be a number{unit} {rule}, got {shown(value)}")
+
+
 def seconds(
     field: str,
     value: object,
@@ -107,19 +144,7 @@ def seconds(
     lbalgo.errors.InvalidOptionError: ttl must be a number of seconds above 0 and at most ...,
     got an integer of 401 digits
     """
-    # int-float comparisons are exact in Python: no conversion, no OverflowError
-    if (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and (low < value if above_low else low <= value)
-        and value <= high
-    ):
-        return float(value)
-    if above_low:
-        rule = f"above {_number(low)} and at most {_number(high)}"
-    else:
-        rule = f"from {_number(low)} to {_number(high)}"
-    raise error(f"{field} must be a number of seconds {rule}, got {shown(value)}")
+    return number(field, value, low, high, above_low=above_low, unit=" of seconds", error=error)
 
 
 def at_most(items: Iterable[T], limit: int) -> list[T]:

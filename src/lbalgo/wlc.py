@@ -14,7 +14,9 @@ import weakref
 
 from lbalgo._base import BaseScheduler
 from lbalgo._slot import Slot
+from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
+from lbalgo.errors import InvalidOptionError, InvalidTypeError
 from lbalgo.ledger import ConnectionLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.scheduler import Client, Clock, Exclude, Lease
@@ -83,7 +85,7 @@ class WeightedLeastConnections(BaseScheduler):
         if ledger is None:
             ledger = LocalLedger()
         elif not isinstance(ledger, ConnectionLedger):
-            raise TypeError(f"ledger must be a ConnectionLedger, got {ledger!r}")
+            raise InvalidTypeError(f"ledger must be a ConnectionLedger, got {shown(ledger)}")
         self._ledger: ConnectionLedger = ledger
         self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
         if given:
@@ -92,7 +94,7 @@ class WeightedLeastConnections(BaseScheduler):
                 owner = _owners.get(id(ledger))
                 # the owner holds its ledger, so while it lives the id is that ledger's
                 if owner is not None and owner._ledger is ledger:
-                    raise ValueError(
+                    raise InvalidOptionError(
                         "ledger is already used by another WeightedLeastConnections "
                         f"(give each scheduler its own ledger object), got {ledger!r}"
                     )
