@@ -113,6 +113,12 @@ class UnknownBackendError(LbalgoError, KeyError):
     UnknownBackendError '10.0.0.9:80'
     """
 
+    def __str__(self) -> str:
+        # KeyError shows repr(key), which fails for an integer of over 4,300 digits
+        from lbalgo._validate import shown  # a cycle at import time: _validate uses errors
+
+        return shown(self.args[0]) if len(self.args) == 1 else super().__str__()
+
 
 class LedgerUnavailable(LbalgoError, ConnectionError):
     """A shared ledger's store (Redis) cannot be reached: nothing was counted.
