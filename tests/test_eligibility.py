@@ -158,21 +158,23 @@ def first_choice_client(sched: SourceIPHash, key: str) -> str:
 
 
 def test_a_retry_finds_the_backend_the_cap_left_out() -> None:
-    """The issue's case: one connection on B, a client whose first choice A fails: the retry
+    """The issue's case: connections on B, a client whose first choice A fails: the retry
     (exclude A) goes to B, which is up and has weight, though B already holds more than its
     share of a cap computed as if A still took part."""
     group = BackendGroup([Backend("10.0.0.1", 80), Backend("10.0.0.2", 80)])
     sched = SourceIPHash(group, balance_factor=1.25)
     a, b = group.keys()
-    held = sched.connection(first_choice_client(sched, b))
-    assert held.backend.key == b
     client = first_choice_client(sched, a)
+    held = [sched.connection("192.0.2.200", exclude=[a]) for _ in range(2)]
+    assert {lease.backend.key for lease in held} == {b}
+    # before: B's cap counted A, ceil(1.25 * (2 + 1) * 1 / 2) = 2, so B was "full"
     tried = [lease.backend.key for lease in attempts(sched, client, tries=2)]
     assert tried == [a, b]
     retry = sched.connection(client, exclude=[a])
     assert retry.backend.key == b
     retry.release()
-    held.release()
+    for lease in held:
+        lease.release()
 
 
 def test_a_down_backend_does_not_squeeze_the_others_caps() -> None:

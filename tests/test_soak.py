@@ -49,6 +49,7 @@ from lbalgo import (
     attempts,
 )
 from lbalgo.bench._redis_server import RedisServer
+from lbalgo.testing import check_internals
 from redis_server import redis_server
 
 __all__ = ["redis_server"]  # the fixture used below
@@ -359,10 +360,8 @@ def build_subjects(url: str) -> list[Subject]:
 def check_exact(subjects: list[Subject]) -> None:
     """Parked: internal invariants, and open counts equal to what the workers hold."""
     for subject in subjects:
-        for target in (subject.sched, getattr(subject.sched, "scheduler", None)):
-            check = getattr(target, "_check", None)
-            if check is not None:
-                check()
+        check_internals(subject.sched)
+        check_internals(getattr(subject.sched, "scheduler", None))
         tally = subject.tally()
         keys = subject.sched.group.keys()
         counts = {k: subject.sched.open_connections(k) for k in keys}
