@@ -18,6 +18,8 @@ __all__ = ["MAX_EXCLUDE", "MAX_FAILS", "check_clock", "check_options", "normaliz
 MAX_EXCLUDE = 4 * MAX_BACKENDS
 """The most keys one ``exclude`` may hold (an iterable is read no further)."""
 
+_SIZED = (list, tuple, set, frozenset)
+
 MAX_FAILS = 1_000_000
 """The largest ``max_fails`` (nginx's own is unbounded; a larger one would never trip)."""
 
@@ -47,15 +49,23 @@ def normalize_exclude(exclude: Exclude) -> frozenset[str]:
     >>> sorted(normalize_exclude(["10.0.0.1:80", Backend("10.0.0.2", 80)]))
     ['10.0.0.1:80', '10.0.0.2:80']
     """
-    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
+    if type(exclude) in _SIZED:  # the usual cases, without the slower ABC checks
+        if len(exclude) > MAX_EXCLUDE:  # type: ignore[arg-type]
+            raise InvalidOptionError(
+                f"exclude holds at most {MAX_EXCLUDE} keys, got {len(exclude)}"  # type: ignore[arg-type]
+            )
+        items: Iterable[object] = exclude
+    elif isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
         raise InvalidTypeError(
             f"exclude must be a collection of backend keys, got {shown(exclude)}"
         )
-    if isinstance(exclude, Sized) and len(exclude) > MAX_EXCLUDE:
+    elif isinstance(exclude, Sized) and len(exclude) > MAX_EXCLUDE:
         raise InvalidOptionError(f"exclude holds at most {MAX_EXCLUDE} keys, got {len(exclude)}")
+    else:
+        items = islice(exclude, MAX_EXCLUDE + 1)
     keys = set()
     count = 0
-    for item in islice(exclude, MAX_EXCLUDE + 1):
+    for item in items:
         count += 1
         if isinstance(item, Backend):
             keys.add(item.key)

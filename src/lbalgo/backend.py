@@ -53,6 +53,8 @@ def _canonical_host(host: object) -> str:
         raise _bad_host("a non-empty string", host)
     if len(host) > MAX_HOST_LENGTH + 1:  # + 1: a fully qualified name may end with a dot
         raise _bad_host(f"at most {MAX_HOST_LENGTH} characters (a DNS name)", host)
+    if _is_dotted_quad(host):
+        return host  # already canonical: the common case, without ipaddress's cost
     if host.startswith("["):
         raise _bad_host("given without brackets", host)
     if ":" in host:
@@ -83,6 +85,15 @@ def _canonical_host(host: object) -> str:
         # resolver may read otherwise than we would: refused rather than guessed
         raise _bad_host("an IPv4 address in dotted-quad form or a DNS name", host)
     return name.lower()
+
+
+def _is_dotted_quad(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(
+        part.isascii() and part.isdigit() and len(part) <= 3 and int(part) < 256
+        and (part == "0" or part[0] != "0")  # no leading zero: inet_aton reads it as octal
+        for part in parts
+    )  # fmt: skip
 
 
 def _check_name(name: object) -> str | None:

@@ -246,8 +246,11 @@ class SourceIPHash(BaseScheduler):
                     weight += self._fine_weight(slot, now) if fine else slot.backend.weight
             return total, weight, fine
         blocked = self._blocked
-        total = self._total_open - sum(slot.open for slot in blocked)
-        weight = self._weight_sum
+        total, weight = self._total_open, self._weight_sum
+        if not blocked and not exclude:
+            return total, weight, fine
+        for down in blocked:
+            total -= down.open
         for key in exclude:
             gone = self._slots.get(key)
             if gone is not None and gone not in blocked:
