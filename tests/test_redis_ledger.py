@@ -30,6 +30,7 @@ from lbalgo import (
     Backend,
     BackendGroup,
     ConnectionLedger,
+    InvalidOptionError,
     LbalgoError,
     LedgerUnavailable,
     LocalLedger,
@@ -100,13 +101,20 @@ def least_ratio_holds(counts: Counter[str], weights: dict[str, int], key: str) -
         ({"lease_timeout": math.nan}, r"lease_timeout must be .* got nan"),
         ({"lease_timeout": True}, r"lease_timeout must be .* got True"),
         ({"lease_timeout": "30"}, r"lease_timeout must be .* got '30'"),
+        ({"lease_timeout": 10**5000}, r"lease_timeout must be .* got an integer of 5001 digits"),
+        ({"namespace": "n" * 10**6}, r"namespace must be .* \(1000000 characters\)"),
+        ({"cluster": "yes"}, r"cluster must be True or False, got 'yes'"),
+        ({"cluster": 1}, r"cluster must be True or False, got 1"),
+        ({"cluster": True, "url": "unix:///tmp/r.sock"}, r"url must give the URL of one node"),
+        ({"cluster": True, "url": "redis://h:7000/3"}, r"url of a Redis Cluster must use db"),
     ],
 )
 def test_bad_arguments_name_the_field_and_value(kwargs: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"url": "redis://127.0.0.1:1/0", "namespace": "web"}
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidOptionError, match=message) as caught:
         RedisLedger(args.pop("url"), **args)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_import_lbalgo_does_not_import_redis() -> None:
