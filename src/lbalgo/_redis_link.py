@@ -61,7 +61,7 @@ def check_url(url: object, cluster: bool) -> str:
             f"url must end with a database number (/0), if anything, got {url!r}"
         )
     if cluster and parts.path.strip("/") not in ("", "0"):
-        raise InvalidOptionError(f"url of a Redis Cluster must use db 0 (the only one), got {url!r}")
+        raise InvalidOptionError(f"url of a Redis Cluster must use db 0, got {url!r}")
     return url
 
 
