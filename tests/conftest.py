@@ -12,6 +12,10 @@ import pluggy
 import pytest
 from hypothesis import HealthCheck, settings
 
+from lbalgo._base import BaseScheduler
+from support.clocks import FakeClock
+from support.schedulers import ALL, RAMPED, load
+
 # derandomize: every run draws the same examples (CI must not flake on a rare draw);
 # deadline off: shared CI machines stall at random, which says nothing about the code.
 settings.register_profile(
@@ -62,3 +66,24 @@ def frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+# -- fixtures over every scheduler class (tests/support/schedulers.py) ---------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand."""
+    return FakeClock()
+
+
+@pytest.fixture(params=RAMPED, ids=[name for _, name in RAMPED])
+def ramped(request: pytest.FixtureRequest) -> type[BaseScheduler]:
+    """Each scheduler class that takes ``slow_start``."""
+    return load(request.param)
+
+
+@pytest.fixture(params=ALL, ids=[name for _, name in ALL])
+def any_cls(request: pytest.FixtureRequest) -> type[BaseScheduler]:
+    """Each scheduler class."""
+    return load(request.param)

@@ -1,14 +1,5 @@
-"""Test doubles shared by the test modules."""
+"""Compatibility name for test modules written before tests/support/: use support.clocks."""
 
-from __future__ import annotations
+from support.clocks import FakeClock
 
-
-class FakeClock:
-    """A clock the test moves by hand (``clock.now += 5``), injected as ``clock=``: timed
-    features (slow start, passive health, sticky expiry) are tested without sleeping."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+__all__ = ["FakeClock"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 import lbalgo
 from lbalgo import (
@@ -31,8 +39,8 @@ from lbalgo import (
     Scheduler,
     StickySessions,
 )
-from lbalgo.testing import check_never_picks_ineligible, groups
-from threads import run_threads
+from lbalgo.testing import check_internals, check_never_picks_ineligible, groups
+from support.threads import run_threads
 
 
 def client(i: int) -> str:
@@ -483,3 +491,78 @@ def test_threads_lose_no_counts(kind: Kind) -> None:
     stats = sched.stats()
     assert all(s.open_connections == 0 for s in stats.values())
     assert sum(s.picks for s in stats.values()) == rounds * workers
+
+
+# -- every kind, any sequence of operations: counts and internal invariants --------------------
+
+
+class ContractMachine(RuleBasedStateMachine):
+    """Random picks, leases, releases, failures, health marks and weight updates on one
+    scheduler of any kind: open counts are those of a plain model, nothing ineligible is
+    picked, and every internal structure's ``_check()`` holds after each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sched: Scheduler = _SWRR.build(ABC)
+        self.held: list[Backend] = []
+        self.leases: list[Lease] = []
+        self.opened: Counter[str] = Counter()
+        self.clients = 0
+
+    @initialize(which=st.sampled_from(KINDS))
+    def build(self, which: Kind) -> None:
+        self.sched = which.build(ABC)
+
+    def _picked(self, backend: Backend) -> None:
+        group = self.sched.group
+        assert backend.key in group
+        assert group[backend.key].weight > 0
+        assert self.sched.is_up(backend.key)
+        self.opened[backend.key] += 1
+
+    @rule(lease=st.booleans())
+    def pick(self, lease: bool) -> None:
+        self.clients += 1
+        try:
+            if lease:
+                self.leases.append(self.sched.connection(client(self.clients)))
+                self._picked(self.leases[-1].backend)
+            else:
+                self.held.append(self.sched.pick(client(self.clients)))
+                self._picked(self.held[-1])
+        except NoBackendAvailable:
+            assert not any(s.available for s in self.sched.stats().values())
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        backend = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        self.sched.release(backend)
+        self.opened[backend.key] -= 1
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data(), fail=st.booleans())
+    def end_lease(self, data: st.DataObject, fail: bool) -> None:
+        lease = self.leases.pop(data.draw(st.integers(0, len(self.leases) - 1)))
+        (lease.fail if fail else lease.release)()
+        lease.release()  # idempotent
+        self.opened[lease.backend.key] -= 1
+
+    @rule(key=st.sampled_from(ABC.keys()), up=st.booleans())
+    def mark(self, key: str, up: bool) -> None:
+        (self.sched.mark_up if up else self.sched.mark_down)(key)
+
+    @rule(key=st.sampled_from(ABC.keys()), weight=st.integers(0, 5))
+    def reweight(self, key: str, weight: int) -> None:
+        self.sched.update(self.sched.group.with_weight(key, weight))
+
+    @invariant()
+    def consistent(self) -> None:
+        inner = self.sched.scheduler if isinstance(self.sched, StickySessions) else self.sched
+        check_internals(inner)
+        for backend in self.sched.group:
+            assert self.sched.open_connections(backend.key) == self.opened[backend.key]
+
+
+TestContractMachine = ContractMachine.TestCase
+TestContractMachine.settings = settings(max_examples=40, stateful_step_count=30)

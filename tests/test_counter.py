@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from lbalgo._counter import ORIGIN, Tally, count_of, new_count
-from threads import run_threads
+from support.threads import run_threads
 
 
 def test_a_count_counts_and_reads_back() -> None:

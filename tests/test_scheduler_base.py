@@ -14,7 +14,7 @@ from lbalgo import Backend, BackendGroup, InvalidGroupError, Lease, NoBackendAva
 from lbalgo._base import BaseScheduler
 from lbalgo._slot import Slot
 from lbalgo.scheduler import Client
-from threads import run_threads
+from support.threads import run_threads
 
 
 class FirstEligible(BaseScheduler):
@@ -200,3 +200,47 @@ def test_threads_lose_no_counts() -> None:
     run_threads(work, [()] * 4)
     assert all(sched.open_connections(b.key) == 0 for b in sched.group)
     assert sum(s.picks for s in sched.stats().values()) == 8_000
+
+
+# -- take / take_connection: a wrapper's own choice ----------------------------------------------
+
+
+def _state(sched: BaseScheduler) -> dict[str, tuple[int, int, bool]]:
+    return {k: (s.picks, s.open_connections, s.available) for k, s in sched.stats().items()}
+
+
+def test_take_counts_an_eligible_key_and_refuses_the_rest() -> None:
+    group = BackendGroup([Backend("10.0.0.1", 80), Backend("10.0.0.2", 80, 0)])
+    sched = FirstEligible(group)
+    taken = sched.take("10.0.0.1:80")
+    assert taken == group["10.0.0.1:80"]
+    lease = sched.take_connection("10.0.0.1:80")
+    assert lease is not None
+    assert sched.open_connections("10.0.0.1:80") == 2
+    lease.release()
+    assert sched.take("10.0.0.2:80") is None  # weight 0
+    assert sched.take("nobody:80") is None
+    assert sched.take("10.0.0.1:80", exclude=[Backend("10.0.0.1", 80)]) is None
+    sched.mark_down("10.0.0.1:80")
+    assert sched.take_connection("10.0.0.1:80") is None
+    assert sched.open_connections("10.0.0.1:80") == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "exclude", "message"),
+    [
+        (80, (), "key must be a backend key .* got 80"),
+        (None, (), "key must be a backend key .* got None"),
+        ("10.0.0.1:80", "10.0.0.1:80", "exclude must be a collection .* got '10.0.0.1:80'"),
+        ("10.0.0.1:80", [3], "exclude must hold backend keys .* got 3"),
+    ],
+)
+def test_take_bad_input_names_it_and_changes_nothing(
+    key: object, exclude: object, message: str
+) -> None:
+    sched = FirstEligible(BackendGroup([Backend("10.0.0.1", 80)]))
+    before = _state(sched)
+    for take in (sched.take, sched.take_connection):
+        with pytest.raises(TypeError, match=message):
+            take(key, exclude)  # type: ignore[arg-type]
+    assert _state(sched) == before

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -29,7 +28,8 @@ from lbalgo import (
 from lbalgo._base import BaseScheduler
 from lbalgo._slot import Slot
 from lbalgo.scheduler import Client, Exclude
-from threads import run_threads
+from support.clocks import FakeClock
+from support.threads import run_threads
 
 
 class Rotate(BaseScheduler):

@@ -27,7 +27,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -38,31 +37,21 @@ from lbalgo import (
 )
 from lbalgo.bench import swrr as swrr_bench
 from lbalgo.scheduler import RAMP_STEPS
-from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups
-from threads import run_threads
+from lbalgo.testing import (
+    NginxSmoothRoundRobin,
+    check_internals,
+    check_never_picks_ineligible,
+    check_weights_respected,
+    groups,
+)
+from support.clocks import FakeClock
+from support.threads import run_threads
 
 
-class NginxModel:
-    """nginx's smooth weighted round robin, plainly: the reference for every test here."""
-
-    def __init__(self) -> None:
-        self.current: dict[str, int] = {}
-
-    def pick(self, taking_part: list[tuple[str, int]]) -> str | None:
-        """One pick among ``(key, weight)`` in group order; None if nobody takes part."""
-        best: str | None = None
-        total = 0
-        for key, weight in taking_part:
-            self.current[key] = self.current.get(key, 0) + weight
-            total += weight
-            if best is None or self.current[key] > self.current[best]:
-                best = key
-        if best is not None:
-            self.current[best] -= total
-        return best
-
-    def forget(self, key: str) -> None:
-        self.current.pop(key, None)
+def nginx_model() -> NginxSmoothRoundRobin:
+    """nginx's loop, plainly (lbalgo.testing.reference): the reference for every test here;
+    tests drive it step by step with the peers taking part."""
+    return NginxSmoothRoundRobin(BackendGroup())
 
 
 def named_group(weights: list[int]) -> BackendGroup:
@@ -89,26 +78,26 @@ def test_worked_example() -> None:
 )
 def test_matches_model_over_many_periods(weights: list[int]) -> None:
     sched = SmoothWeightedRoundRobin(named_group(weights))
-    model = NginxModel()
+    model = nginx_model()
     taking_part = [(f"b{i}", w) for i, w in enumerate(weights) if w > 0]
     period = sum(weights)
     for _ in range(5 * period + 3):
-        assert sched.pick().key == model.pick(taking_part)
+        assert sched.pick().key == model.step(taking_part)
 
 
 def test_large_group_matches_model() -> None:
     # 500 backends, weights 1..100: a period of ~25,000 picks, generated then replayed
     weights = [(i * 37) % 100 + 1 for i in range(500)]
     sched = SmoothWeightedRoundRobin(named_group(weights))
-    model = NginxModel()
+    model = nginx_model()
     taking_part = [(f"b{i}", w) for i, w in enumerate(weights)]
     period = sum(weights)
     for _ in range(period + 500):
-        assert sched.pick().key == model.pick(taking_part)
+        assert sched.pick().key == model.step(taking_part)
     sched.mark_down("b7")
     taking_part = [kw for kw in taking_part if kw[0] != "b7"]
     for _ in range(3000):
-        assert sched.pick().key == model.pick(taking_part)
+        assert sched.pick().key == model.step(taking_part)
 
 
 @given(st.lists(st.integers(1, 100), min_size=1, max_size=30))
@@ -161,7 +150,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = NginxModel()
+        self.model = nginx_model()
         self.weights: dict[str, int] = {}  # in group order
         self.down: set[str] = set()
         self.picks: Counter[str] = Counter()
@@ -185,7 +174,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
         ]
 
     def check_pick(self, exclude: frozenset[str] = frozenset()) -> None:
-        expected = self.model.pick(self.taking_part(exclude))
+        expected = self.model.step(self.taking_part(exclude))
         if expected is None:
             with pytest.raises(NoBackendAvailable):
                 self.sched.pick(exclude=exclude)
@@ -270,7 +259,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
             return
         del self.weights[key]
         self.down.discard(key)
-        self.model.forget(key)
+        self.model.current.pop(key, None)
         self.picks.pop(key, None)
         self.update_sched()
 
@@ -288,6 +277,7 @@ class SwrrVersusModel(RuleBasedStateMachine):
 
     @invariant()
     def counts_agree(self) -> None:
+        check_internals(self.sched)
         stats = self.sched.stats()
         assert list(stats) == list(self.weights)
         for key, stat in stats.items():
@@ -387,7 +377,7 @@ test_swrr_ramps_versus_model = SwrrRampsVersusModel.TestCase
 
 
 def check_against_stats(
-    sched: SmoothWeightedRoundRobin, model: NginxModel, count: int, scale: int = 1
+    sched: SmoothWeightedRoundRobin, model: NginxSmoothRoundRobin, count: int, scale: int = 1
 ) -> None:
     """Pick ``count`` times; before each, the model takes part and weights from stats(),
     times ``scale`` (RAMP_STEPS while a ramp is on: the fine scale the steps run on)."""
@@ -400,7 +390,7 @@ def check_against_stats(
                 assert weight == int(weight)  # ramped weights are whole on the fine scale
                 taking_part.append((key, int(weight)))
         lease = sched.connection()
-        assert lease.backend.key == model.pick(taking_part)
+        assert lease.backend.key == model.step(taking_part)
         lease.release()
 
 
@@ -425,7 +415,7 @@ def fold_back(current: dict[str, int]) -> dict[str, int]:
 def test_slow_start_ramp_follows_effective_weights(weights: list[int]) -> None:
     clock = FakeClock()
     sched = SmoothWeightedRoundRobin(named_group(weights), slow_start=32.0, clock=clock)
-    model = NginxModel()
+    model = nginx_model()
     check_against_stats(sched, model, 50)
     sched.mark_down("b0")
     check_against_stats(sched, model, 20)
@@ -472,10 +462,10 @@ def test_passive_health_suspension_is_skipped_like_down() -> None:
     sched = SmoothWeightedRoundRobin(
         named_group([3, 2, 1]), max_fails=1, fail_timeout=10.0, clock=clock
     )
-    model = NginxModel()
+    model = nginx_model()
     check_against_stats(sched, model, 7)
     lease = sched.connection()
-    assert model.pick([("b0", 3), ("b1", 2), ("b2", 1)]) == lease.backend.key
+    assert model.step([("b0", 3), ("b1", 2), ("b2", 1)]) == lease.backend.key
     lease.fail()  # suspends it for 10 s
     failed = lease.backend.key
     assert not sched.stats()[failed].available
@@ -488,20 +478,20 @@ def test_sticky_picks_do_not_move_the_rotation() -> None:
     weights = [5, 1, 1, 3]
     sched = SmoothWeightedRoundRobin(named_group(weights))
     sticky = StickySessions(sched)
-    model = NginxModel()
+    model = nginx_model()
     taking_part = [(f"b{i}", w) for i, w in enumerate(weights)]
     first = sticky.pick("session-1")  # a fresh binding: asks the rotation
-    assert first.key == model.pick(taking_part)
+    assert first.key == model.step(taking_part)
     for i in range(10 * sum(weights)):  # into the replay, with bound picks in between
         assert sticky.pick("session-1") == first
         if i % 3 == 0:
-            assert sched.pick().key == model.pick(taking_part)
+            assert sched.pick().key == model.step(taking_part)
     assert sched._epoch is not None
     assert sched._epoch.cycle is not None  # replaying
     sched.mark_down("b2")  # folding the replay must not count the bound picks as draws
     taking_part = [kw for kw in taking_part if kw[0] != "b2"]
     for _ in range(30):
-        assert sched.pick().key == model.pick(taking_part)
+        assert sched.pick().key == model.step(taking_part)
 
 
 # -- threads --------------------------------------------------------------------------------
@@ -630,17 +620,17 @@ def test_bad_options_are_refused(options: dict[str, object], field: str) -> None
 def test_update_keeps_current_weights_of_survivors() -> None:
     group = named_group([5, 1, 1])
     sched = SmoothWeightedRoundRobin(group)
-    model = NginxModel()
+    model = nginx_model()
     taking_part = [("b0", 5), ("b1", 1), ("b2", 1)]
     for _ in range(3):
-        assert sched.pick().key == model.pick(taking_part)
+        assert sched.pick().key == model.step(taking_part)
     # b1 leaves, b3 joins at 0, b0's weight changes from the next pick on
     new = group.without("b1").with_backend(Backend("10.0.0.1", 9000, 2, name="b3"))
     sched.update(new.with_weight("b0", 2))
-    model.forget("b1")
+    model.current.pop("b1", None)
     taking_part = [("b0", 2), ("b2", 1), ("b3", 2)]
     for _ in range(25):
-        assert sched.pick().key == model.pick(taking_part)
+        assert sched.pick().key == model.step(taking_part)
 
 
 @pytest.mark.usefixtures("frozen_heap")

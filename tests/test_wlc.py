@@ -12,13 +12,11 @@ rule it documents (ratio, WF2Q tie-break, clamps, rescaling), pick for pick.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -33,7 +31,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -46,7 +43,15 @@ from lbalgo import (
     WeightedLeastConnections,
 )
 from lbalgo.scheduler import RAMP_STEPS
-from lbalgo.testing import check_never_picks_ineligible, check_weights_respected, groups, weights
+from lbalgo.testing import (
+    FractionLedger,
+    check_internals,
+    check_never_picks_ineligible,
+    check_weights_respected,
+    groups,
+    weights,
+)
+from support.clocks import FakeClock
 
 
 def keys_of(group: BackendGroup) -> tuple[str, ...]:
@@ -242,6 +247,8 @@ class WlcMachine(RuleBasedStateMachine):
         if not hasattr(self, "sched"):
             return
         assert set(self.sched.group.keys()) == set(self.open)
+        check_internals(self.sched)
+        check_internals(self.sched.ledger)
         stats = self.sched.stats()
         for key, expected in self.open.items():
             assert self.sched.open_connections(key) == expected, key
@@ -853,76 +860,6 @@ def test_ledger_exclude_puts_everything_back() -> None:
 # -- the LocalLedger against a plain reference of its documented rule ---------------------------
 
 
-class ReferenceLedger:
-    """The rule LocalLedger documents, spelled out with Fractions and O(n) scans: lowest
-    count/weight; among equal ratios a ready key (S <= V) with the earliest F = S + 1/w,
-    else the earliest S; then group order. V moves 1/total per acquire; a chosen key's next
-    S is clamped to [V before the pick, V after it + 1/w]; a new eligible set keeps each
-    key's S - V, floored to the new scale lcm(total, weights) and clamped to +-1/w."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.eligible: list[tuple[str, int]] = []
-        self.start: dict[str, Fraction] = {}
-        self.clock = Fraction(0)
-        self.total = 0
-
-    def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
-        entries = list(weights)
-        self.total = sum(w for _, w in entries)
-        scale = math.lcm(self.total, *(w for _, w in entries)) if entries else 1
-        start = {}
-        for key, weight in entries:
-            if key in self.start:
-                lag = Fraction(math.floor((self.start[key] - self.clock) * scale), scale)
-                lag = max(Fraction(-1, weight), min(Fraction(1, weight), lag))
-            else:
-                lag = Fraction(0)
-            start[key] = lag
-        self.eligible, self.start, self.clock = entries, start, Fraction(0)
-
-    def _advance(self, key: str, weight: int) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
-        before = self.clock
-        self.clock += Fraction(1, self.total)
-        s = self.start[key] + Fraction(1, weight)
-        s = max(before, min(self.clock + Fraction(1, weight), s))
-        self.start[key] = s
-
-    def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
-        def order(item: tuple[int, tuple[str, int]]) -> tuple[Fraction, int, Fraction, int]:
-            pos, (key, weight) = item
-            s = self.start[key]
-            ready = s <= self.clock
-            tie = s + Fraction(1, weight) if ready else s
-            return (Fraction(self.counts.get(key, 0), weight), 0 if ready else 1, tie, pos)
-
-        candidates = [(p, kw) for p, kw in enumerate(self.eligible) if kw[0] not in exclude]
-        if not candidates:
-            return None
-        _, (key, weight) = min(candidates, key=order)
-        self._advance(key, weight)
-        return key
-
-    def take(self, key: str) -> None:
-        weight = dict(self.eligible).get(key)
-        if weight is None:
-            self.counts[key] = self.counts.get(key, 0) + 1
-        else:
-            self._advance(key, weight)
-
-    def release(self, key: str) -> None:
-        if self.counts.get(key, 0) > 0:
-            self.counts[key] -= 1
-
-    def count(self, key: str) -> int:
-        return self.counts.get(key, 0)
-
-    def forget(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self.counts.pop(key, None)
-
-
 _POOL = "abcdef"
 _eligible_sets = st.lists(
     st.tuples(st.sampled_from(_POOL), st.sampled_from([1, 2, 3, 7, 50, 99, 100])),
@@ -939,6 +876,10 @@ _ledger_ops = st.one_of(
     st.tuples(st.just("take"), st.sampled_from(_POOL)),
     st.tuples(st.just("forget"), st.sampled_from(_POOL)),
     st.tuples(st.just("eligible"), _eligible_sets),
+    st.tuples(
+        st.just("weight"), st.tuples(st.sampled_from(_POOL), st.sampled_from([0, 1, 3, 7, 99]))
+    ),
+    st.tuples(st.just("weight"), st.tuples(st.sampled_from(_POOL), st.sampled_from([0, 2, 50]))),
 )
 
 
@@ -947,7 +888,7 @@ _ledger_ops = st.one_of(
 def test_local_ledger_follows_its_documented_rule(
     initial: list[tuple[str, int]], ops: list[tuple[str, object]]
 ) -> None:
-    ledger, reference = LocalLedger(), ReferenceLedger()
+    ledger, reference = LocalLedger(), FractionLedger()
     ledger.set_eligible(initial)
     reference.set_eligible(initial)
     for op, arg in ops:
@@ -962,10 +903,14 @@ def test_local_ledger_follows_its_documented_rule(
             assert isinstance(arg, str)
             ledger.forget([arg])
             reference.forget([arg])
+        elif op == "weight":
+            assert isinstance(arg, tuple)
+            assert ledger.set_weight(*arg) == reference.set_weight(*arg)
         else:
             assert isinstance(arg, str)
             getattr(ledger, op)(arg)
             getattr(reference, op)(arg)
+        ledger._check()
         for key in _POOL:
             assert ledger.count(key) == reference.count(key), key
 
@@ -1008,3 +953,48 @@ def test_fine_weights_leave_the_local_ledger_integers_as_they_were() -> None:
                 fine.release(key)
         for attr in ("_unit", "_start", "_load", "_vt", "_step"):
             assert getattr(whole, attr) == getattr(fine, attr), attr
+
+
+@pytest.mark.parametrize("bad", [-1, 3201, 2.5, True, "3"])
+def test_set_weight_refuses_a_bad_weight_unchanged(bad: object) -> None:
+    ledger, twin = LocalLedger(), LocalLedger()
+    for each in (ledger, twin):
+        each.set_eligible([("a", 2), ("b", 1)])
+        each.acquire()
+    with pytest.raises(ValueError, match=rf"weight of 'a' must be .* got {bad!r}"):
+        ledger.set_weight("a", bad)  # type: ignore[arg-type]
+    ledger._check()
+    assert [ledger.acquire() for _ in range(6)] == [twin.acquire() for _ in range(6)]
+
+
+class CountingLedger(LocalLedger):
+    """A LocalLedger that counts the calls that change its eligible set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
+        self.calls["set_eligible"] += 1
+        super().set_eligible(weights)
+
+    def set_weight(self, key: str, weight: int) -> bool:
+        self.calls["set_weight"] += 1
+        return super().set_weight(key, weight)
+
+
+def test_a_health_flap_touches_one_key_not_the_ledger() -> None:
+    """mark_down / mark_up reach the ledger as one set_weight each, not a new eligible set,
+    and leave the ledger's schedule consistent."""
+    group = group_of(*range(1, 21))
+    ledger = CountingLedger()
+    sched = WeightedLeastConnections(group, ledger=ledger)
+    for _ in range(30):
+        sched.release(sched.pick())
+    ledger.calls.clear()
+    key = group.keys()[7]
+    sched.mark_down(key)
+    sched.mark_up(key)
+    assert ledger.calls == Counter({"set_weight": 2})
+    ledger._check()
+    assert key in {sched.pick().key for _ in range(group.total_weight)}

@@ -21,7 +21,7 @@ from lbalgo.errors import (
     NoBackendAvailable,
     UnknownBackendError,
 )
-from lbalgo.ledger import ConnectionLedger
+from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.redis_ledger import RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
@@ -40,6 +40,7 @@ __all__ = [
     "BackendGroup",
     "BackendStats",
     "ConnectionLedger",
+    "IncrementalLedger",
     "InvalidBackendError",
     "InvalidGroupError",
     "InvalidOptionError",

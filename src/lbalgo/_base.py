@@ -1,18 +1,10 @@
 """The machinery every scheduler shares: backend state, health marks, leases, updates that
 carry state over by key, and the hooks through which slow start and passive health reach an
-algorithm.
-
-An algorithm subclasses :class:`BaseScheduler` and supplies ``_choose`` (one pick under the
-lock) and, if it keeps derived structures, ``_rebuild`` (everything changed: construction,
-``update``) and ``_changed(slot)`` (one backend's eligibility or effective weight changed:
-a health mark, a suspension, a trial, a slow-start step). Hooks receive what changed, as
-HAProxy's ``set_server_status_up/down`` take the one server, so a health flap costs what
-the algorithm needs for one backend, not a rebuild.
-
-Concurrency. Counts are :class:`~lbalgo._counter.Tally` objects, exact without a lock; a
-release takes no lock unless something must react to it (a passive-health trial awaiting
-its outcome, or an algorithm that asked for every release); every change of state runs under
-one re-entrant lock per scheduler. See ``docs/concurrency.md``.
+algorithm. An algorithm supplies ``_choose`` (one pick, under the lock) and may override
+``_rebuild`` (construction, ``update``) and ``_changed(slot)`` (one backend's eligibility or
+effective weight changed): hooks receive what changed, as HAProxy's ``set_server_status_up``
+takes the one server. Counts need no lock (``_counter``); every change of state runs under one
+re-entrant lock per scheduler (see ``docs/concurrency.md``).
 """
 
 from __future__ import annotations
@@ -24,19 +16,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 from operator import length_hint
 
-from lbalgo._counter import ORIGIN
-from lbalgo._options import check_options, normalize_exclude
+from lbalgo._options import check_group, check_options, check_release, normalize_exclude
 from lbalgo._passive import PassiveHealth
 from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS, Ramps
 from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.errors import (
-    InvalidGroupError,
-    InvalidTypeError,
-    NoBackendAvailable,
-    UnknownBackendError,
-)
+from lbalgo.errors import InvalidTypeError, NoBackendAvailable, UnknownBackendError
 from lbalgo.scheduler import BackendStats, Client, Clock, Exclude, Lease
 
 __all__ = ["BaseScheduler"]
@@ -58,9 +44,8 @@ class BaseScheduler(ABC):
     is never suspended (as in nginx).
     ``clock``: the time source, injectable for tests; read once per call that needs it.
 
-    Complexity: ``release`` and a lease's exit O(1) without a lock (plus the algorithm's
-    hook when it asked for releases); ``mark_down``/``mark_up`` O(1) plus the algorithm's
-    ``_changed``; ``update`` and ``stats`` O(n).
+    Complexity: ``release`` and a lease's exit O(1) without a lock; ``mark_down``/``mark_up``
+    O(1) plus the algorithm's ``_changed``; ``update`` and ``stats`` O(n).
     """
 
     _hooked = False
@@ -75,8 +60,7 @@ class BaseScheduler(ABC):
         fail_timeout: float = 10.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        if not isinstance(group, BackendGroup):
-            raise InvalidGroupError(f"group must be a BackendGroup, got {shown(group)}")
+        check_group(group)
         check_options(slow_start, max_fails, fail_timeout, clock)
         self._lock = threading.RLock()
         self._slow_start = float(slow_start)
@@ -88,8 +72,11 @@ class BaseScheduler(ABC):
         # only timed features read the clock, so the common configuration never pays for it
         self._timed = slow_start > 0 or max_fails > 0
         self._group = group
-        self._slots: dict[str, Slot] = {b.key: Slot(b) for b in group}
+        self._slots: dict[str, Slot] = {b.key: Slot(b, self._hooked) for b in group}
         self._order: tuple[Slot, ...] = tuple(self._slots.values())
+        # id of each current Backend object -> its slot: a release finds the slot of the
+        # very object its pick returned without reading the key (a property) or hashing
+        self._by_id = {id(slot.backend): slot for slot in self._order}
         # earliest clock value at which a ramp steps or a suspension lifts (inf: none)
         self._next_event = math.inf
         # bound once: every lease calls it, and a bound method is an allocation
@@ -109,7 +96,7 @@ class BaseScheduler(ABC):
 
     def _changed(self, slot: Slot) -> None:
         """``slot``'s eligibility or effective weight changed (under the lock); by default
-        everything is recomputed. Algorithms that can, update just that backend."""
+        everything is recomputed."""
         self._rebuild()
 
     def _taken(self, slot: Slot) -> None:  # noqa: B027 -- an optional hook
@@ -118,12 +105,10 @@ class BaseScheduler(ABC):
 
     def _failed(self, slot: Slot) -> None:  # noqa: B027 -- an optional hook
         """A counted release of ``slot`` reported a failure (under the lock, before passive
-        health decides on a suspension): where an algorithm that reacts to every failure
-        (nginx's ``effective_weight`` in round robin) hooks in."""
+        health decides): where nginx's ``effective_weight`` in round robin hooks in."""
 
     def _released(self, slot: Slot) -> None:  # noqa: B027 -- an optional hook
-        """A counted release of ``slot`` (under the lock), for algorithms that set
-        ``_hooked`` (they keep counts of their own, such as a ledger)."""
+        """A counted release of ``slot`` (under the lock), if the algorithm set ``_hooked``."""
 
     # -- the public interface ----------------------------------------------------------------
 
@@ -145,27 +130,21 @@ class BaseScheduler(ABC):
         """One request on ``backend`` ended; ``failed=True`` reports it to passive health.
 
         Releases beyond the open count, and releases for a backend no longer in the group,
-        are ignored (a connection may end after an update removed its backend). A backend
-        is known by its key alone here, so if its key was removed and then added again, a
-        late ``release`` of the old connection counts against the new one; a
-        :class:`~lbalgo.Lease` knows which one it holds, and its release is ignored then.
-        O(1), lock-free unless passive health awaits this backend's trial or the algorithm
-        counts releases itself. ``TypeError`` naming the value if ``backend`` is not a
-        ``Backend`` or ``failed`` not a ``bool``, with nothing counted.
+        are ignored. A backend is known by its key here, so if its key was removed and added
+        again, a late ``release`` of the old connection counts against the new one (a
+        ``Lease`` knows which one it holds). O(1), lock-free unless passive health awaits
+        this backend's trial or the algorithm counts releases itself. ``TypeError`` naming
+        the value if ``backend`` is not a ``Backend`` or ``failed`` not a ``bool``.
         """
-        if type(backend) is not Backend or failed is not False:
+        # the backend a pick returned, found by identity: no key property, no type check
+        slot = self._by_id.get(id(backend))
+        if slot is None or slot.backend is not backend or failed is not False:
             self._release_checked(backend, failed)
             return
-        slot = self._slots.get(backend.key)
-        if slot is None:
+        # Tally.end inlined: end number n is within the open count if n + picks' hint < limit
+        if next(slot.ends) + length_hint(slot.picks) >= slot.limit and not slot.void_excess():
             return
-        # Tally.end inlined: end number n is within the open count if n - voids < picks
-        if (
-            next(slot.ends) + length_hint(slot.voids) - ORIGIN >= ORIGIN - length_hint(slot.picks)
-            and not slot.void_excess()
-        ):
-            return
-        if slot.notify or self._hooked:
+        if slot.notify:
             with self._lock:
                 self._after_release(slot, False)
 
@@ -219,8 +198,7 @@ class BaseScheduler(ABC):
         Surviving keys keep health marks, open counts and algorithm state; new keys start up
         (ramping if slow start is on); removed keys are forgotten.
         """
-        if not isinstance(group, BackendGroup):
-            raise InvalidGroupError(f"group must be a BackendGroup, got {shown(group)}")
+        check_group(group)
         with self._lock:
             old = self._slots
             slots: dict[str, Slot] = {}
@@ -228,7 +206,7 @@ class BaseScheduler(ABC):
             for backend in group:
                 slot = old.get(backend.key)
                 if slot is None:
-                    slot = Slot(backend)
+                    slot = Slot(backend, self._hooked)
                     added.append(slot)
                 else:
                     slot.backend = backend
@@ -242,6 +220,7 @@ class BaseScheduler(ABC):
             self._group = group
             self._slots = slots
             self._order = tuple(slots.values())
+            self._by_id = {id(slot.backend): slot for slot in self._order}
             if added:
                 self._start_ramp(added)
             if len(self._order) == 1 and self._passive is not None:
@@ -249,17 +228,25 @@ class BaseScheduler(ABC):
                 self._passive.clear(self._order[0])
             self._rebuild()
 
-    def take(self, key: str, exclude: Collection[str] = frozenset()) -> Backend | None:
+    def take(self, key: str, exclude: Exclude = ()) -> Backend | None:
         """Pick ``key`` itself if it is eligible and not in ``exclude``, else ``None``.
 
         For wrappers that chose the backend themselves (a sticky session's bound backend):
         the algorithm hears of it (a ledger counts it), then the pick is counted as any
-        other. O(1) plus the algorithm's hook, under the lock.
+        other. O(1) plus the algorithm's hook, under the lock. ``TypeError`` naming the
+        value for a key that is not a ``str`` or a bad ``exclude``, with nothing counted.
+
+        >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
+        >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
+        >>> sched.take("10.0.0.1:80").key, sched.open_connections("10.0.0.1:80")
+        ('10.0.0.1:80', 1)
+        >>> sched.take("10.0.0.1:80", exclude=["10.0.0.1:80"]) is None
+        True
         """
         slot = self._take(key, exclude)
         return None if slot is None else slot.backend
 
-    def take_connection(self, key: str, exclude: Collection[str] = frozenset()) -> Lease | None:
+    def take_connection(self, key: str, exclude: Exclude = ()) -> Lease | None:
         """:meth:`take`, returning a :class:`~lbalgo.Lease` on that backend."""
         slot = self._take(key, exclude)
         return None if slot is None else Lease(slot.backend, slot, self._end_lease)
@@ -281,18 +268,14 @@ class BaseScheduler(ABC):
         return RAMP_STEPS if ramps is None else ramps.step(slot, now)
 
     def _fine_weight(self, slot: Slot, now: float) -> int:
-        """The weight ``slot`` has at ``now`` in units of ``1 / RAMP_STEPS``: its weight times
-        :data:`RAMP_STEPS` at full weight, ``weight * k`` at step ``k`` of a ramp, 0 if not
-        eligible. Comparing these instead of whole weights changes no ratio between backends
-        at full weight, and lets a weight-1 backend ramp as finely as a weight-100 one."""
+        """The weight ``slot`` has at ``now`` in units of ``1 / RAMP_STEPS``: ``weight * k`` at
+        step ``k`` of a ramp (``k`` = :data:`RAMP_STEPS` at full weight), 0 if not eligible."""
         if not self._eligible(slot, now):
             return 0
         return slot.weight * self._ramp_step(slot, now)
 
     def _effective_weight(self, slot: Slot, now: float) -> float:
-        """The weight ``slot`` has at ``now`` in its own units (see
-        :class:`~lbalgo.BackendStats`): its ``int`` weight at full weight, 0 if not
-        eligible, an exact ``float`` fraction of it while ramping."""
+        """The weight ``slot`` has at ``now`` in its own units (see ``BackendStats``)."""
         if not self._eligible(slot, now):
             return 0
         step = self._ramp_step(slot, now)
@@ -313,10 +296,8 @@ class BaseScheduler(ABC):
             # a lifted suspension stays recorded (suspended_until in the past): the next
             # pick of that backend is its one trial (see _count_pick)
             moved += passive.lifted(now)
-        self._next_event = min(
-            math.inf if ramps is None else ramps.next_due,
-            math.inf if passive is None else passive.next_lift,
-        )
+        ramp_due = math.inf if ramps is None else ramps.next_due
+        self._next_event = min(ramp_due, math.inf if passive is None else passive.next_lift)
         for state in moved:
             assert isinstance(state, Slot)
             if state.live:
@@ -332,7 +313,10 @@ class BaseScheduler(ABC):
             self._count_pick(slot, now)
             return slot
 
-    def _take(self, key: str, excluded: Collection[str]) -> Slot | None:
+    def _take(self, key: str, exclude: Exclude) -> Slot | None:
+        if not isinstance(key, str):
+            raise InvalidTypeError(f"key must be a backend key (str), got {shown(key)}")
+        excluded = exclude if isinstance(exclude, frozenset) else normalize_exclude(exclude)
         with self._lock:
             slot = self._slots.get(key)
             if slot is None or key in excluded:
@@ -352,6 +336,7 @@ class BaseScheduler(ABC):
         next(slot.picks)
         if slot.suspended_until != -math.inf and self._passive is not None:
             self._passive.picked(slot, now)
+            slot.notify = True  # the trial's release decides
             self._next_event = min(self._next_event, self._passive.next_lift)
             self._changed(slot)
 
@@ -367,16 +352,15 @@ class BaseScheduler(ABC):
                 reasons.append(f"{slot.key} down")
             elif slot.weight == 0:
                 reasons.append(f"{slot.key} weight 0")
-            elif slot.suspended_until > self._now():
+            elif slot.suspended_until > self._now():  # the true cause only: none is eligible
                 reasons.append(f"{slot.key} suspended by passive health")
-            else:  # eligible: only a scheduler's own rule left it out (never expected)
-                reasons.append(f"{slot.key} not taken")
-        shown = ", ".join(reasons[:5]) + (", ..." if len(reasons) > 5 else "")
-        return NoBackendAvailable(f"no backend available ({shown})")
+        listed = ", ".join(reasons[:5]) + (", ..." if len(reasons) > 5 else "")
+        return NoBackendAvailable(f"no backend available ({listed})")
 
     def _check(self) -> None:
         """Assert the invariants of the shared state (the stateful tests call it)."""
         assert tuple(self._slots.values()) == self._order
+        assert self._by_id == {id(slot.backend): slot for slot in self._order}
         assert [s.key for s in self._order] == list(self._group.keys())
         for slot in self._order:
             slot._check()
@@ -411,24 +395,28 @@ class BaseScheduler(ABC):
             self._next_event = min(self._next_event, ramps.next_due)
 
     def _release_checked(self, backend: object, failed: object) -> None:
-        if not isinstance(backend, Backend):
-            raise InvalidTypeError(f"release expects a Backend, got {shown(backend)}")
-        if type(failed) is not bool:
-            raise InvalidTypeError(f"failed must be a bool, got {shown(failed)}")
-        slot = self._slots.get(backend.key)
+        checked, fail = check_release(backend, failed)
+        slot = self._slots.get(checked.key)
         if slot is not None:
-            self._finish(slot, failed)
+            self._finish(slot, fail)
 
     def _finish_lease(self, token: object, failed: bool) -> None:
-        assert isinstance(token, Slot)
+        slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots
         # a lease outliving its backend's removal (or a re-added key) counts nowhere
-        if token.live:
-            self._finish(token, failed)
+        if not slot.live:
+            return
+        if failed:
+            self._finish(slot, True)
+        elif (
+            next(slot.ends) + length_hint(slot.picks) < slot.limit or slot.void_excess()
+        ) and slot.notify:
+            with self._lock:
+                self._after_release(slot, False)
 
     def _finish(self, slot: Slot, failed: bool) -> None:
         """One release of ``slot``: lock-free unless something must hear of it."""
         if not failed:
-            if slot.end() and (slot.notify or self._hooked):
+            if slot.end() and slot.notify:
                 with self._lock:
                     self._after_release(slot, False)
             return
@@ -453,5 +441,6 @@ class BaseScheduler(ABC):
             # the trial succeeded: the backend is back, cold, like one marked up again
             self._start_ramp((slot,))
             self._changed(slot)
+        slot.notify = self._hooked or slot.probation
         if self._hooked:
             self._released(slot)

@@ -47,20 +47,21 @@ def count_of(count: Iterator[int]) -> int:
 
 
 class Tally:
-    """Picks, ends and voided ends of one backend in one scheduler; the open count is
-    ``picks - ends + voids``.
+    """Picks and ends of one backend in one scheduler, and the ends voided because no pick
+    was left open for them; the open count is ``picks - ends + voided``.
 
-    ``picks`` and ``ends`` are counts that only grow; a release beyond the open count is
-    counted as an end and then voided, both by ``next()`` calls, so every step is one
-    atomic C call and no two threads can lose a count or make a void disappear. O(1) each.
+    ``picks`` and ``ends`` are counts that only grow, stepped by single ``next()`` calls, so
+    no two threads can lose a step. ``limit`` is ``ORIGIN + voided``: the only number a
+    release compares with besides the two counts (see :meth:`end`); it changes only under
+    a lock, on the rare path where a caller released more than it picked. O(1) each.
     """
 
-    __slots__ = ("ends", "picks", "voids")
+    __slots__ = ("ends", "limit", "picks")
 
     def __init__(self) -> None:
         self.picks = new_count()
         self.ends = new_count()
-        self.voids = new_count()
+        self.limit = ORIGIN
 
     @property
     def picked(self) -> int:
@@ -71,42 +72,40 @@ class Tally:
     def open(self) -> int:
         """Picks not yet released, never below 0, O(1).
 
-        Voids are read first and picks last: each of the three only grows, so a release
-        racing with this read can make it high by one for an instant, never negative.
+        The voided ends are read first and picks last: each of the three only grows, so a
+        release racing with this read can make it high by one for an instant, never low.
         """
-        voids = count_of(self.voids)
+        voided = self.limit - ORIGIN
         ends = count_of(self.ends)
-        opened = count_of(self.picks) - ends + voids
+        opened = count_of(self.picks) - ends + voided
         return opened if opened > 0 else 0
 
     def end(self) -> bool:
         """Count one release; ``False`` when no pick was left open (then it counts nothing).
 
-        ``next()`` numbers the end: end number ``i`` leaves ``i + 1 - voids`` ends against
-        the picks seen after it, so the common case is one ``next()`` and two reads,
-        lock-free. A release that finds itself beyond the open count voids the excess
-        under a lock (a rare path: only a caller releasing more than it picked gets there)
-        from the totals, read ends first and picks last, so that a pick and its release
-        racing with the fix are never voided. O(1).
+        ``next()`` numbers the end: end number ``i`` is within the open count when
+        ``i - voided`` is below the picks, that is when ``i + length_hint(picks)`` is below
+        ``limit``: one ``next()``, one read and one comparison, lock-free. A release that
+        finds itself beyond the open count voids the excess (:meth:`void_excess`). O(1).
         """
-        number = next(self.ends)
-        if number + length_hint(self.voids) - ORIGIN < ORIGIN - length_hint(self.picks):
+        if next(self.ends) + length_hint(self.picks) < self.limit:
             return True
         return self.void_excess()
 
     def void_excess(self) -> bool:
-        """The rare path of :meth:`end`: void the ends beyond the picks, from the totals,
-        under a lock; ``True`` if the release that called it still counts."""
+        """The rare path of :meth:`end`: void the ends beyond the picks, computed from the
+        totals under a lock (ends read first and picks last, so that a pick and its release
+        racing with the fix are never voided); ``True`` if the calling release still
+        counts (someone else voided the excess, or a pick came meanwhile)."""
         with _VOID_LOCK:
             ends = count_of(self.ends)
-            voids = count_of(self.voids)
-            excess = ends - voids - count_of(self.picks)
-            for _ in range(excess):
-                next(self.voids)
+            excess = ends - (self.limit - ORIGIN) - count_of(self.picks)
+            if excess > 0:
+                self.limit += excess
         return excess <= 0
 
     def _check(self) -> None:
-        """Assert the invariant: voids never exceed ends, ends never exceed picks + voids."""
-        picks, ends, voids = count_of(self.picks), count_of(self.ends), count_of(self.voids)
-        assert 0 <= voids <= ends, (picks, ends, voids)
-        assert ends - voids <= picks, (picks, ends, voids)
+        """Assert the invariant: 0 <= voided <= ends, and ends - voided <= picks."""
+        picks, ends, voided = count_of(self.picks), count_of(self.ends), self.limit - ORIGIN
+        assert 0 <= voided <= ends, (picks, ends, voided)
+        assert ends - voided <= picks, (picks, ends, voided)

@@ -9,11 +9,19 @@ from collections.abc import Iterable, Sized
 from itertools import islice
 
 from lbalgo._validate import integer, seconds, shown
-from lbalgo.backend import MAX_BACKENDS, Backend
-from lbalgo.errors import InvalidOptionError, InvalidTypeError
+from lbalgo.backend import MAX_BACKENDS, Backend, BackendGroup
+from lbalgo.errors import InvalidGroupError, InvalidOptionError, InvalidTypeError
 from lbalgo.scheduler import Clock, Exclude
 
-__all__ = ["MAX_EXCLUDE", "MAX_FAILS", "check_clock", "check_options", "normalize_exclude"]
+__all__ = [
+    "MAX_EXCLUDE",
+    "MAX_FAILS",
+    "check_clock",
+    "check_group",
+    "check_options",
+    "check_release",
+    "normalize_exclude",
+]
 
 MAX_EXCLUDE = 4 * MAX_BACKENDS
 """The most keys one ``exclude`` may hold (an iterable is read no further)."""
@@ -31,6 +39,23 @@ def check_options(slow_start: float, max_fails: int, fail_timeout: float, clock:
     integer("max_fails", max_fails, 0, MAX_FAILS)
     seconds("fail_timeout", fail_timeout, above_low=True)
     check_clock(clock)
+
+
+def check_group(group: object) -> None:
+    """A scheduler takes a :class:`~lbalgo.BackendGroup`: ``InvalidGroupError`` naming
+    anything else."""
+    if not isinstance(group, BackendGroup):
+        raise InvalidGroupError(f"group must be a BackendGroup, got {shown(group)}")
+
+
+def check_release(backend: object, failed: object) -> tuple[Backend, bool]:
+    """``release(backend, failed=...)``'s arguments, checked: ``InvalidTypeError`` naming a
+    value that is not a ``Backend`` or a ``bool``."""
+    if not isinstance(backend, Backend):
+        raise InvalidTypeError(f"release expects a Backend, got {shown(backend)}")
+    if type(failed) is not bool:
+        raise InvalidTypeError(f"failed must be a bool, got {shown(failed)}")
+    return backend, failed
 
 
 def check_clock(clock: object) -> None:

@@ -1,8 +1,8 @@
 """Passive health, as nginx's ``max_fails`` / ``fail_timeout``: failures reported by the
 proxy suspend a backend for a while, then one trial request decides whether it is back.
 
-:class:`PassiveHealth` keeps the rule and, in a heap, when each suspension lifts, so a
-failure, a lift or a trial costs O(log n) and tells the scheduler which one backend changed.
+:class:`PassiveHealth` keeps the rule and, in a lazy heap, when each suspension lifts, so
+a failure, a lift or a trial costs O(log n) and tells the scheduler which one backend changed.
 A backend's own passive state lives on the backend's state object (:class:`Watched`), and
 is touched only when a failure is reported: a backend nobody reported a failure of costs
 nothing here, on any path.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from heapq import heappop, heappush
 from typing import Protocol
+
+from lbalgo._lazyheap import LazyHeap
 
 __all__ = ["PassiveHealth", "Watched"]
 
@@ -21,13 +22,12 @@ __all__ = ["PassiveHealth", "Watched"]
 class Watched(Protocol):
     """What passive health keeps on a backend's state: failure times inside the window
     (``None`` until the first failure), the end of its suspension (``-inf``: healthy; a
-    past time: its next pick is its trial), whether that trial is in flight, and whether
-    a release must be reported (``notify``)."""
+    past time: its next pick is its trial), and whether that trial is in flight (then the
+    scheduler must hear of its release)."""
 
     fail_times: deque[float] | None
     suspended_until: float
     probation: bool
-    notify: bool
 
 
 class PassiveHealth:
@@ -39,7 +39,7 @@ class PassiveHealth:
     only that backend. ``next_lift`` is the earliest time a suspension lifts.
 
     >>> class State:
-    ...     fail_times, suspended_until, probation, notify = None, -math.inf, False, False
+    ...     fail_times, suspended_until, probation = None, -math.inf, False
     >>> health, state = PassiveHealth(max_fails=2, fail_timeout=10.0), State()
     >>> health.failure(state, 0.0), health.failure(state, 1.0), health.suspended(state, 5.0)
     (False, True, True)
@@ -51,14 +51,17 @@ class PassiveHealth:
     (True, -inf)
     """
 
-    __slots__ = ("_heap", "_seq", "fail_timeout", "max_fails", "next_lift")
+    __slots__ = ("_lifts", "fail_timeout", "max_fails")
 
     def __init__(self, max_fails: int, fail_timeout: float) -> None:
         self.max_fails = max_fails
         self.fail_timeout = fail_timeout
-        self._heap: list[tuple[float, int, Watched]] = []
-        self._seq = 0  # breaks ties between equal lift times without comparing states
-        self.next_lift = math.inf
+        self._lifts: LazyHeap[Watched] = LazyHeap()
+
+    @property
+    def next_lift(self) -> float:
+        """When the next suspension lifts (``inf``: none)."""
+        return self._lifts.next_time
 
     @staticmethod
     def suspended(state: Watched, now: float) -> bool:
@@ -82,7 +85,6 @@ class PassiveHealth:
         # max_fails reached, or any failure of a suspended backend or of its trial (nginx
         # restarts fail_timeout on each): no picks for fail_timeout from now
         state.probation = False
-        state.notify = False
         self._suspend(state, now)
         return True
 
@@ -90,8 +92,7 @@ class PassiveHealth:
         """A pick of a backend whose suspension lifted: it is its trial. The backend takes
         nothing else for ``fail_timeout`` while the outcome is awaited; ``True`` (its
         eligibility changed). O(log n). Call only when ``suspended_until`` is not ``-inf``."""
-        state.probation = True
-        state.notify = True  # its release decides
+        state.probation = True  # its release decides
         self._suspend(state, now)
         return True
 
@@ -103,38 +104,23 @@ class PassiveHealth:
         self.clear(state)
         return True
 
-    @staticmethod
-    def clear(state: Watched) -> None:
+    def clear(self, state: Watched) -> None:
         """Forget every failure of ``state`` (the trial passed, or it is alone). O(1)."""
         if state.fail_times:
             state.fail_times.clear()
         state.probation = False
-        state.notify = False
         state.suspended_until = -math.inf
+        self._lifts.discard(state)
 
     def lifted(self, now: float) -> list[Watched]:
         """The backends whose suspension ended by ``now`` (each may now take its trial),
         O(log n) each."""
-        out = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            until, _, state = heappop(heap)
-            if state.suspended_until == until:
-                out.append(state)
-        self.next_lift = heap[0][0] if heap else math.inf
-        return out
+        return self._lifts.due(now)
 
     def _suspend(self, state: Watched, now: float) -> None:
-        until = now + self.fail_timeout
-        state.suspended_until = until
-        self._seq += 1
-        heappush(self._heap, (until, self._seq, state))
-        if until < self.next_lift:
-            self.next_lift = until
+        state.suspended_until = now + self.fail_timeout
+        self._lifts.push(state.suspended_until, state)
 
     def _check(self) -> None:
-        """Assert the invariant: every suspension still in force has its heap entry."""
-        pending = {id(s) for until, _, s in self._heap if s.suspended_until == until}
-        for until, _, state in self._heap:
-            assert state.suspended_until <= until or id(state) in pending
-        assert self.next_lift <= (self._heap[0][0] if self._heap else math.inf)
+        """Assert the invariant of the heap of lifts."""
+        self._lifts._check()

@@ -28,7 +28,6 @@ class Slot(Tally):
         "live",
         "notify",
         "probation",
-        "ramp_id",
         "ramp_start",
         "ramp_step",
         "suspended_until",
@@ -36,7 +35,7 @@ class Slot(Tally):
         "weight",
     )
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, notify: bool = False) -> None:
         super().__init__()
         self.backend = backend
         self.key = backend.key
@@ -47,10 +46,11 @@ class Slot(Tally):
         self.fail_times: deque[float] | None = None
         self.suspended_until = -math.inf
         self.probation = False
-        self.notify = False  # a release must reach the scheduler (its trial is running)
+        # a release must reach the scheduler under its lock: the algorithm counts releases
+        # itself, or passive health awaits this backend's trial
+        self.notify = notify
         self.ramp_start: float | None = None
         self.ramp_step = RAMP_STEPS
-        self.ramp_id = 0
 
     def __repr__(self) -> str:
         return f"<Slot {self.key} up={self.up} open={self.open}>"

@@ -8,8 +8,9 @@ weight moved (HAProxy's ``update_server_eweight`` takes the one server too).
 from __future__ import annotations
 
 import math
-from heapq import heappop, heappush
 from typing import Protocol
+
+from lbalgo._lazyheap import LazyHeap
 
 __all__ = ["RAMP_STEPS", "Rampable", "Ramps"]
 
@@ -29,22 +30,23 @@ power of two keeps ``k / RAMP_STEPS`` exact as a float. HAProxy scales weights t
 
 class Rampable(Protocol):
     """What a ramp needs of a backend's state: when its ramp started (``None``: full
-    weight), the step last reported, and a number telling a ramp from a later one."""
+    weight) and the step last reported."""
 
     ramp_start: float | None
     ramp_step: int
-    ramp_id: int
 
 
 class Ramps:
     """The slow-start ramps of one scheduler's backends (``seconds`` > 0).
 
-    :meth:`start` begins a ramp (O(log n)), :meth:`stop` drops one (O(1): its heap entry
-    turns stale), :meth:`due` returns the backends whose step moved by ``now`` (O(log n)
-    each), :meth:`step` says where a ramp stands. ``active`` counts ramps in progress.
+    :meth:`start` begins a ramp and :meth:`stop` drops one (O(log n) and O(1): each ramp
+    has one entry in a :class:`~lbalgo._lazyheap.LazyHeap` of step times), :meth:`due`
+    returns the backends whose step moved by ``now`` (O(log n) each), :meth:`step` says
+    where a ramp stands; ``active`` counts ramps in progress, ``next_due`` is the earliest
+    time a step falls due.
 
     >>> class State:
-    ...     ramp_start, ramp_step, ramp_id = None, RAMP_STEPS, 0
+    ...     ramp_start, ramp_step = None, RAMP_STEPS
     >>> ramps, state = Ramps(32.0), State()
     >>> ramps.start(state, now=0.0)
     >>> ramps.step(state, 0.5), ramps.next_due
@@ -57,14 +59,21 @@ class Ramps:
     (True, None, 0)
     """
 
-    __slots__ = ("_heap", "_ids", "active", "next_due", "seconds")
+    __slots__ = ("_steps", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._heap: list[tuple[float, int, Rampable]] = []
-        self._ids = 0
-        self.active = 0
-        self.next_due = math.inf
+        self._steps: LazyHeap[Rampable] = LazyHeap()
+
+    @property
+    def active(self) -> int:
+        """Ramps in progress."""
+        return len(self._steps)
+
+    @property
+    def next_due(self) -> float:
+        """When the next step falls due (``inf``: no ramp in progress)."""
+        return self._steps.next_time
 
     def step(self, state: Rampable, now: float) -> int:
         """Where the ramp of ``state`` stands at ``now``: step 1 at its start, one more
@@ -79,31 +88,24 @@ class Ramps:
 
     def start(self, state: Rampable, now: float) -> None:
         """Start ramping ``state`` from step 1 at ``now``. O(log n)."""
-        if state.ramp_start is None:
-            self.active += 1
-        self._ids += 1
         state.ramp_start = now
         state.ramp_step = 1
-        state.ramp_id = self._ids
-        self._push(now + self.seconds / RAMP_STEPS, state)
+        self._steps.push(now + self.seconds / RAMP_STEPS, state)
 
     def stop(self, state: Rampable) -> None:
         """End the ramp of ``state`` now (it went down, or left). O(1)."""
-        if state.ramp_start is not None:
-            self.active -= 1
-            state.ramp_start = None
-            state.ramp_step = RAMP_STEPS
+        state.ramp_start = None
+        state.ramp_step = RAMP_STEPS
+        self._steps.discard(state)
 
     def due(self, now: float) -> list[Rampable]:
         """The states whose step moved by ``now`` (its weight went up a step, or its ramp
         ended: ``seconds`` after its start), in the order they fell due; O(log n) each."""
         moved: list[Rampable] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, ramp_id, state = heappop(heap)
-            if state.ramp_id != ramp_id or state.ramp_start is None:
-                continue  # a stale entry: that ramp was stopped or restarted
-            if now - state.ramp_start >= self.seconds:
+        for state in self._steps.due(now):
+            start = state.ramp_start
+            assert start is not None  # a stopped ramp has no entry
+            if now - start >= self.seconds:
                 self.stop(state)  # the ramp is over: reported even if its step stood still
                 moved.append(state)
                 continue
@@ -113,19 +115,10 @@ class Ramps:
                 moved.append(state)
             # the last step lasts until the ramp ends; float rounding may put a step a hair
             # after its due time: then try again at the next clock reading
-            due = state.ramp_start + step * self.seconds / RAMP_STEPS
-            self._push(due if due > now else math.nextafter(now, math.inf), state)
-        self.next_due = heap[0][0] if heap else math.inf
+            due = start + step * self.seconds / RAMP_STEPS
+            self._steps.push(due if due > now else math.nextafter(now, math.inf), state)
         return moved
 
-    def _push(self, due: float, state: Rampable) -> None:
-        heappush(self._heap, (due, state.ramp_id, state))
-        if due < self.next_due:
-            self.next_due = due
-
     def _check(self) -> None:
-        """Assert the invariants: ``active`` counts the states ramping, each of which has
-        a current heap entry; ``next_due`` is the heap's first time."""
-        current = {id(s) for _, i, s in self._heap if s.ramp_id == i and s.ramp_start is not None}
-        assert len(current) == self.active, (len(current), self.active)
-        assert self.next_due <= (self._heap[0][0] if self._heap else math.inf)
+        """Assert the invariant of the heap of step times."""
+        self._steps._check()

@@ -129,6 +129,12 @@ class ClassGenerator:
                 out[i] = gained - negated
         return out
 
+    def _check(self) -> None:
+        """Assert every class's heap is a heap of its own peers."""
+        for c, heap in enumerate(self._heaps):
+            assert all(heap[(i - 1) // 2] <= heap[i] for i in range(1, len(heap)))
+            assert all(self._class_of[i] == c for _, i in heap)
+
 
 class Epoch:
     """The peers taking part since the last change, and where their rotation stands.
@@ -205,6 +211,20 @@ class Epoch:
             c - ahead * w + total * got[i]
             for i, (c, w) in enumerate(zip(self.generator.current(), self.weights, strict=True))
         ]
+
+    def _check(self) -> None:
+        """Assert the replay's invariants: a proven cycle gives every peer exactly its
+        weight; while generating, the per-class heaps are heaps and the window counts
+        match the last W picks."""
+        if self.cycle is not None:
+            assert Counter(self.cycle) == self.target
+            assert len(self.cycle) == sum(self.weights)
+            return
+        if self.generator is not None:
+            self.generator._check()
+            period = self.generator.total
+            window = Counter(self.recent[-period:])
+            assert +self.counts == window
 
 
 def unscale(values: Sequence[int]) -> list[int]:

@@ -22,7 +22,7 @@ from lbalgo._validate import at_most, integer, is_collection, shown
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT
 from lbalgo.errors import InvalidOptionError, InvalidTypeError
 
-__all__ = ["MAX_FINE_WEIGHT", "ConnectionLedger", "checked_eligible"]
+__all__ = ["MAX_FINE_WEIGHT", "ConnectionLedger", "IncrementalLedger", "checked_eligible"]
 
 
 @runtime_checkable
@@ -131,6 +131,27 @@ class ConnectionLedger(Protocol):
         starts from 0 in this process. A shared ledger drops only this process's share of
         their counts (other processes may still hold connections there).
         """
+        ...
+
+
+@runtime_checkable
+class IncrementalLedger(ConnectionLedger, Protocol):
+    """A ledger that can also change one key's weight without relisting the others.
+
+    ``WeightedLeastConnections`` uses it when a ledger offers it, so a health mark, a
+    passive-health suspension or a slow-start step costs O(log n) instead of an O(n)
+    :meth:`~ConnectionLedger.set_eligible` (:class:`~lbalgo.LocalLedger` does).
+
+    >>> from lbalgo import LocalLedger
+    >>> isinstance(LocalLedger(), IncrementalLedger)
+    True
+    """
+
+    def set_weight(self, key: str, weight: int) -> bool:
+        """Set ``key``'s effective weight (0: not eligible now; it drains) on the fine scale
+        of :meth:`~ConnectionLedger.set_eligible`. ``False``, with nothing changed, when the
+        ledger cannot place ``key`` in group order (it was not listed in the last
+        ``set_eligible``): the caller then lists the whole eligible set again."""
         ...
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from heapq import heapify, heappop, heappush
-from typing import Any
+from heapq import heappop, heappush
 
-from lbalgo.ledger import checked_eligible
+from lbalgo._validate import integer, shown
+from lbalgo._wf2q import BUSY, IDLE, OUT, PENDING, READY, WF2QSchedule
+from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
 
 __all__ = ["LocalLedger"]
 
-
-class LocalLedger:
+class LocalLedger(WF2QSchedule):
     """The in-process ledger: exact least connections with a smooth tie-break, O(log n).
 
     The default ledger of :class:`~lbalgo.WeightedLeastConnections`. Each eligible key has a
@@ -25,26 +25,17 @@ class LocalLedger:
     the lowest ratio; among equal ratios a ready key with the earliest ``F``, else a waiting
     key with the earliest ``S``; then group order.
 
-    Why WF2Q rather than a plain earliest-deadline (lowest ``F``) tie-break: with ten keys of
-    weight 1 and one of weight 100, earliest deadline gives the heavy key its 100 picks in a
-    burst. The readiness rule keeps every key within one pick of its weighted share in every
-    prefix of a light-load sequence (each connection released before the next acquire, so
-    all ratios tie), tighter than nginx's smooth round robin, which can stray past one pick.
-    Service a key missed or took in advance while ratios decided (heavy load) is clamped to
-    one pick at its next acquire, so when load drops nobody gets a burst of catch-up picks.
+    The WF2Q rule keeps every key within one pick of its weighted share in every prefix of
+    a light-load sequence (where all ratios tie), where a plain earliest-deadline tie-break
+    would give a heavy key its picks in a burst; a key's lead or lag is clamped to one pick
+    at its next acquire, so after heavy load nobody gets a burst of catch-up picks. Ratios
+    and virtual times are exact integers on a common scale (see ``docs/algorithms/wlc.md``
+    for the design and :class:`~lbalgo.testing.reference.FractionLedger` for the rule in
+    ``Fraction`` arithmetic).
 
-    Ratios and virtual times are integers scaled by ``M = lcm(weights, total weight)``, so
-    every comparison is exact. Multiplying every weight by one factor (the scheduler's
-    :data:`~lbalgo.scheduler.RAMP_STEPS`) multiplies ``M`` by it too and leaves every one of
-    these integers as it was; only a slow-start ramp in progress, whose step ``k`` enters
-    ``M``, makes them larger. Heaps with lazy deletion (a stale entry carries an old stamp
-    and is dropped when it surfaces; all are rebuilt in O(n) after about 2n entries were
-    queued): ready keys by ``(ratio, F)``; waiting keys with no connection ("idle")
-    by ``S``; waiting keys with connections ("busy") by ``(ratio, S)`` and by ``S``. The idle
-    heap serves both to pick and to wake, which keeps a light-load acquire at four heap
-    operations. :meth:`acquire`, :meth:`take` and :meth:`release` are amortised O(log n),
-    :meth:`count` O(1), :meth:`set_eligible` O(n). No lock of its own: its scheduler calls
-    it under the scheduler's lock.
+    Complexity: :meth:`acquire`, :meth:`take`, :meth:`release` and :meth:`set_weight`
+    amortised O(log n) (heaps with lazy deletion), :meth:`count` O(1), :meth:`set_eligible`
+    O(n). No lock of its own: its scheduler calls it under the scheduler's lock.
 
     >>> ledger = LocalLedger()
     >>> ledger.set_eligible([("a", 3), ("b", 1)])
@@ -62,46 +53,7 @@ class LocalLedger:
     ('b', 3, 2)
     """
 
-    __slots__ = (
-        "_busy_heap",
-        "_busy_wakeups",
-        "_draining",
-        "_idle_heap",
-        "_index",
-        "_keys",
-        "_limit",
-        "_load",
-        "_pending",
-        "_pushes",
-        "_ready_heap",
-        "_scale",
-        "_stamp",
-        "_start",
-        "_state",
-        "_step",
-        "_unit",
-        "_vt",
-    )
-
-    def __init__(self) -> None:
-        self._draining: dict[str, int] = {}  # counts (> 0) of known keys that are not eligible
-        self._index: dict[str, int] = {}  # eligible key -> position in group order
-        self._keys: list[str] = []
-        self._load: list[int] = []  # open connections by position
-        self._unit: list[int] = []  # M // weight: one connection's part of the ratio, in M
-        self._start: list[int] = []  # virtual start S, scaled by M
-        self._state: list[int] = []  # _READY, _IDLE, _BUSY or _PENDING
-        self._stamp: list[int] = []  # bumped on each change; older heap entries are stale
-        self._ready_heap: list[tuple[int, int, int, int]] = []  # (ratio, F, position, stamp)
-        self._idle_heap: list[tuple[int, int, int]] = []  # (S, position, stamp)
-        self._busy_heap: list[tuple[int, int, int, int]] = []  # (ratio, S, position, stamp)
-        self._busy_wakeups: list[tuple[int, int]] = []  # (S, position)
-        self._scale = 1  # M
-        self._vt = 0  # virtual clock V, scaled by M
-        self._step = 1  # M // total weight: how far V moves per acquire
-        self._pending = -1  # the key acquired last, not queued yet (see _advance)
-        self._pushes = 0  # queueings since the last rebuild of the heaps
-        self._limit = _MIN_HEAP_LIMIT  # ... that trigger the next one
+    __slots__ = ()
 
     # -- the ConnectionLedger interface ------------------------------------------------------
 
@@ -117,7 +69,7 @@ class LocalLedger:
         entries = list(seen.items())
 
         old_index, old_load, old_start = self._index, self._load, self._start
-        old_vt, old_scale = self._vt, self._scale
+        old_vt, old_scale, old_state = self._vt, self._scale, self._state
         total = sum(weight for _, weight in entries)
         scale = math.lcm(total, *{weight for _, weight in entries}) if entries else 1
         # rescaling by scale / old_scale in lowest terms keeps the per-key arithmetic small
@@ -134,8 +86,8 @@ class LocalLedger:
         for key, weight in entries:
             u = scale // weight
             old = old_index.get(key)
-            if old is None:
-                count = draining.pop(key, 0)
+            if old is None or old_state[old] == OUT:
+                count = draining.pop(key, 0) if old is None else old_load[old]
                 lag = 0  # a joining key starts level with the clock, as in WF2Q
             else:
                 count = old_load[old]
@@ -151,21 +103,102 @@ class LocalLedger:
             start.append(lag)
         self._index = {key: pos for pos, key in enumerate(keys)}
         self._keys, self._load, self._unit, self._start = keys, load, unit, start
-        self._state = [_PENDING] * len(keys)
+        self._state = [PENDING] * len(keys)
         self._stamp = [0] * len(keys)
-        self._scale = scale
+        self._weight = [weight for _, weight in entries]
+        self._set_total(total, scale)
+        self._cap = scale << 64
         self._vt = 0
-        self._step = scale // total if total else 1
+        self._rem = 0
         self._rebuild_heaps()
+
+    def set_weight(self, key: str, weight: int) -> bool:
+        """Change one key's weight (0: it leaves the eligible set and drains), O(log n).
+
+        What a health mark, a suspension or a slow-start step needs, without rebuilding the
+        others: ``key`` keeps its count and its place in the schedule (clamped to one pick
+        of the clock at the new weight; a key coming back starts level with the clock), the
+        other keys keep theirs, and the clock keeps its whole part (its fraction below
+        ``1 / M`` is dropped: the total it advances by has changed). ``False`` (nothing
+        changed) if ``key`` has no place in group order here (it was not eligible at the
+        last :meth:`set_eligible`): the caller then lists the whole set again. A weight that
+        does not divide the scale ``M`` grows it (O(n) once: every start is rescaled
+        exactly), and past ``2**64`` times the scale of the last :meth:`set_eligible` the
+        ledger is rebuilt as that call would. :class:`~lbalgo.InvalidOptionError` (a
+        ``ValueError``) naming the key and the value for a weight outside 0..3200, with
+        nothing changed.
+
+        >>> ledger = LocalLedger()
+        >>> ledger.set_eligible([("a", 3), ("b", 1)])
+        >>> ledger.set_weight("a", 0), ledger.acquire(), ledger.set_weight("a", 3)
+        (True, 'b', True)
+        >>> ledger.acquire(), ledger.set_weight("c", 1)
+        ('a', False)
+        """
+        integer(f"weight of {shown(key)}", weight, 0, MAX_FINE_WEIGHT)
+        pos = self._index.get(key)
+        if pos is None:
+            return not weight  # 0 for a key that is not eligible: nothing to do
+        old = self._weight[pos]
+        if weight == old:
+            return True
+        if self._pending >= 0:
+            self._flush()
+        scale = self._scale
+        if weight and scale % weight:
+            grown = math.lcm(scale, weight)
+            if grown > self._cap:
+                weights = list(self._weight)
+                weights[pos] = weight
+                self.set_eligible([(k, w) for k, w in zip(self._keys, weights, strict=True) if w])
+                return True
+            self._rescale(grown // scale)
+            scale = grown
+        self._rem = 0  # the clock keeps its whole part: its rate changes with the total
+        vt = self._vt
+        self._weight[pos] = weight
+        self._stamp[pos] += 1  # its queued entry (if any) is stale now
+        self._set_total(self._total - old + weight, scale)
+        if not weight:
+            self._state[pos] = OUT
+            self._unit[pos] = 0
+            return True
+        u = scale // weight
+        lag = self._start[pos] - vt if old else 0
+        self._start[pos] = vt + max(-u, min(u, lag))
+        self._unit[pos] = u
+        self._pending = pos
+        self._flush()  # queues it by its state now
+        return True
 
     def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """Take the least-loaded eligible key not in ``exclude`` and count it, amortised
         O(log n) (plus O(k log n) for k excluded keys); ``None`` if no key qualifies."""
         vt = self._vt
-        idle, stamp = self._idle_heap, self._stamp
-        if self._pending >= 0:
-            self._flush()
-            idle = self._idle_heap  # _flush may have rebuilt the heaps
+        stamp = self._stamp
+        pos = self._pending
+        if pos >= 0:
+            # _flush(), written out for the common case: queue the key acquired last
+            self._pending = -1
+            mark = stamp[pos] + 1
+            stamp[pos] = mark
+            u = self._unit[pos]
+            s = self._start[pos]
+            count = self._load[pos]
+            if s <= vt:
+                self._state[pos] = READY
+                heappush(self._ready_heap, (count * u, s + u, pos, mark))
+            elif count:
+                self._state[pos] = BUSY
+                heappush(self._busy_heap, (count * u, s, pos, mark))
+                heappush(self._busy_wakeups, (s, pos))
+            else:
+                self._state[pos] = IDLE
+                heappush(self._idle_heap, (s, pos, mark))
+            self._pushes += 1
+            if self._pushes > self._limit:
+                self._rebuild_heaps()
+        idle = self._idle_heap
         if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
             self._wake()
         if exclude:
@@ -192,7 +225,25 @@ class LocalLedger:
                     pos = heappop(busy)[2]
                 else:
                     return None
-        self._advance(pos)
+        # _advance(pos), written out: this is the hot path of every pick
+        u = self._unit[pos]
+        self._load[pos] += 1
+        nvt = vt + self._step
+        if self._frac:
+            rem = self._rem + self._frac
+            if rem >= self._total:
+                rem -= self._total
+                nvt += 1
+            self._rem = rem
+        self._vt = nvt
+        s = self._start[pos] + u
+        if s < vt:
+            s = vt
+        elif s > nvt + u:
+            s = nvt + u
+        self._start[pos] = s
+        self._state[pos] = PENDING
+        self._pending = pos
         return self._keys[pos]
 
     def take(self, key: str) -> None:
@@ -201,6 +252,9 @@ class LocalLedger:
         pos = self._index.get(key)
         if pos is None:
             self._draining[key] = self._draining.get(key, 0) + 1
+            return
+        if self._state[pos] == OUT:
+            self._load[pos] += 1
             return
         if self._pending >= 0:
             self._flush()
@@ -229,7 +283,8 @@ class LocalLedger:
         if not count:
             return False
         self._load[pos] = count - 1
-        if pos != self._pending:  # a pending key is queued with its count at the flush
+        # a pending key is queued with its count at the flush; one out is in no heap
+        if pos != self._pending and self._state[pos] != OUT:
             self._requeue(pos)
         return True
 
@@ -250,170 +305,18 @@ class LocalLedger:
             pos = self._index.get(key)
             if pos is not None and self._load[pos]:
                 self._load[pos] = 0
-                if pos != self._pending:
+                if pos != self._pending and self._state[pos] != OUT:
                     self._requeue(pos)
 
     def __repr__(self) -> str:
-        eligible = ", ".join(f"{k}={n}" for k, n in zip(self._keys, self._load, strict=True))
-        draining = ", ".join(f"{k}={n}" for k, n in self._draining.items())
+        out = [(k, n) for k, n, w in zip(self._keys, self._load, self._weight, strict=True) if w]
+        eligible = ", ".join(f"{k}={n}" for k, n in out)
+        draining = ", ".join(
+            [f"{k}={n}" for k, n in self._draining.items()]
+            + [
+                f"{k}={n}"
+                for k, n, w in zip(self._keys, self._load, self._weight, strict=True)
+                if not w and n
+            ]
+        )
         return f"<LocalLedger eligible [{eligible}] draining [{draining}]>"
-
-    # -- internals ---------------------------------------------------------------------------
-    #
-    # Every key has exactly one current entry in the ready, idle or busy heap (the one with
-    # its stamp), except the key acquired last: it stays out of the heaps ("pending") until
-    # the next acquire, so the usual acquire-then-release of a key queues it once, not twice.
-
-    def _advance(self, pos: int) -> None:
-        """Count one connection on ``pos`` (out of the heaps) and move it one pick along the
-        schedule; it stays pending until the next acquire or take."""
-        u = self._unit[pos]
-        self._load[pos] += 1
-        vt = self._vt
-        nvt = vt + self._step
-        self._vt = nvt
-        s = self._start[pos] + u
-        # In a pure WF2Q run neither clamp binds (S stays within one pick of V); they only
-        # forget service missed or taken in advance while ratios, not ties, decided.
-        if s < vt:
-            s = vt
-        elif s > nvt + u:
-            s = nvt + u
-        self._start[pos] = s
-        self._state[pos] = _PENDING
-        self._pending = pos
-
-    def _flush(self) -> None:
-        """Queue the pending key with its current count and schedule place."""
-        pos = self._pending
-        self._pending = -1
-        mark = self._stamp[pos] + 1
-        self._stamp[pos] = mark
-        u = self._unit[pos]
-        s = self._start[pos]
-        count = self._load[pos]
-        if s <= self._vt:
-            self._state[pos] = _READY
-            heappush(self._ready_heap, (count * u, s + u, pos, mark))
-        elif count:
-            self._state[pos] = _BUSY
-            heappush(self._busy_heap, (count * u, s, pos, mark))
-            heappush(self._busy_wakeups, (s, pos))
-        else:
-            self._state[pos] = _IDLE
-            heappush(self._idle_heap, (s, pos, mark))
-        self._pushes += 1
-        if self._pushes > self._limit:
-            self._rebuild_heaps()
-
-    def _requeue(self, pos: int) -> None:
-        """Queue ``pos`` again after its count went down (its old entry turns stale)."""
-        mark = self._stamp[pos] + 1
-        self._stamp[pos] = mark
-        u = self._unit[pos]
-        s = self._start[pos]
-        count = self._load[pos]
-        state = self._state[pos]
-        if state == _READY:
-            heappush(self._ready_heap, (count * u, s + u, pos, mark))
-        elif count:  # busy stays busy; its wakeup entry stays current
-            heappush(self._busy_heap, (count * u, s, pos, mark))
-        else:  # busy turns idle: the idle heap wakes it from now on
-            self._state[pos] = _IDLE
-            heappush(self._idle_heap, (s, pos, mark))
-        self._pushes += 1
-        if self._pushes > self._limit:
-            self._rebuild_heaps()
-
-    def _wake(self) -> None:
-        """Make the waiting keys whose S the clock has reached ready."""
-        vt, stamp, state, unit, ready = self._vt, self._stamp, self._state, self._unit, []
-        idle = self._idle_heap
-        while idle and idle[0][0] <= vt:
-            s, pos, mark = heappop(idle)
-            if stamp[pos] == mark:
-                ready.append((pos, s))
-        wakeups, start = self._busy_wakeups, self._start
-        while wakeups and wakeups[0][0] <= vt:
-            s, pos = heappop(wakeups)
-            # S only grows, and a key turns busy again only through a pick, which moves S
-            if state[pos] == _BUSY and start[pos] == s:
-                ready.append((pos, s))
-        for pos, s in ready:
-            mark = stamp[pos] + 1
-            stamp[pos] = mark
-            state[pos] = _READY
-            u = unit[pos]
-            heappush(self._ready_heap, (self._load[pos] * u, s + u, pos, mark))
-
-    def _acquire_excluding(self, exclude: AbstractSet[str]) -> str | None:
-        """:meth:`acquire` when some keys are excluded: set the excluded tops aside, choose
-        as acquire does, put them back."""
-        keys, stamp = self._keys, self._stamp
-        held: list[tuple[list[Any], Any]] = []
-
-        def top(heap: list[Any], pos_at: int) -> Any:
-            while heap:
-                entry = heap[0]
-                if entry[-1] != stamp[entry[pos_at]]:
-                    heappop(heap)
-                elif keys[entry[pos_at]] in exclude:
-                    held.append((heap, heappop(heap)))
-                else:
-                    return entry
-            return None
-
-        ready_top = top(self._ready_heap, 2)
-        idle_top = top(self._idle_heap, 1) if ready_top is None or ready_top[0] else None
-        busy_top = top(self._busy_heap, 2) if idle_top is None else None
-        if ready_top is not None and not ready_top[0]:
-            pos = heappop(self._ready_heap)[2]
-        elif idle_top is not None:
-            pos = heappop(self._idle_heap)[1]
-        elif ready_top is not None and not (busy_top and busy_top[0] < ready_top[0]):
-            pos = heappop(self._ready_heap)[2]
-        elif busy_top is not None:
-            pos = heappop(self._busy_heap)[2]
-        else:
-            pos = -1
-        for heap, entry in held:
-            heappush(heap, entry)
-        if pos < 0:
-            return None
-        self._advance(pos)
-        return keys[pos]
-
-    def _rebuild_heaps(self) -> None:
-        """Rebuild the heaps from the per-key state alone, dropping every stale entry, O(n)."""
-        self._pending = -1
-        ready: list[tuple[int, int, int, int]] = []
-        idle: list[tuple[int, int, int]] = []
-        busy: list[tuple[int, int, int, int]] = []
-        wakeups: list[tuple[int, int]] = []
-        vt, stamp, state = self._vt, self._stamp, self._state
-        for pos, (count, u, s) in enumerate(zip(self._load, self._unit, self._start, strict=True)):
-            mark = stamp[pos] + 1
-            stamp[pos] = mark
-            if s <= vt:
-                state[pos] = _READY
-                ready.append((count * u, s + u, pos, mark))
-            elif count:
-                state[pos] = _BUSY
-                busy.append((count * u, s, pos, mark))
-                wakeups.append((s, pos))
-            else:
-                state[pos] = _IDLE
-                idle.append((s, pos, mark))
-        heapify(ready)
-        heapify(idle)
-        heapify(busy)
-        heapify(wakeups)
-        self._ready_heap, self._idle_heap, self._busy_heap = ready, idle, busy
-        self._busy_wakeups = wakeups
-        self._pushes = 0
-        # amortised: a rebuild costs O(n) and comes once per 2n + 64 queueings
-        self._limit = _MIN_HEAP_LIMIT + 2 * len(self._keys)
-
-
-_MIN_HEAP_LIMIT = 64
-_READY, _IDLE, _BUSY, _PENDING = range(4)  # where a key's current entry is (see _advance)

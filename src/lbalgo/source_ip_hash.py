@@ -13,6 +13,7 @@ returns exactly its clients come back. ``compat="nginx"`` instead rebuilds nginx
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from array import array
@@ -69,9 +70,9 @@ class SourceIPHash(BaseScheduler):
     ``IPv6Address``; ``"::ffff:10.0.0.1"`` is ``"10.0.0.1"``, IPv6 in any compression or case
     is one client) and raises ``ValueError`` naming anything else. The answer is the same in
     every process, host and Python version (see :data:`HASH_VERSION`). Lookup is O(1): one
-    address parse, one mmh3 hash, one table index, lock-free unless bounded loads or a timed
-    feature (slow start, passive health) is on (``compat="nginx"``: O(log P) on nginx's ring
-    of P points, under the lock). A backend that is down, weight
+    address parse, one mmh3 hash, one table index, lock-free unless bounded loads are on or a
+    slow-start ramp or passive-health suspension is in progress (``compat="nginx"``:
+    O(log P) on nginx's ring of P points, under the lock). A backend that is down, weight
     0, suspended or excluded hands its clients to their next choices (exactly where they go
     when it is removed), scored in O(n) for those clients only; nobody else moves. Building
     the table for a new membership or weight is O(T log n) for T = 393,209 cells (0.2-0.6 s,
@@ -152,8 +153,9 @@ class SourceIPHash(BaseScheduler):
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
         """The backend for ``client``'s new request: its first eligible choice.
 
-        O(1) and lock-free without ``compat``, ``balance_factor``, ``slow_start``,
-        ``max_fails`` and ``exclude``; otherwise under the lock, O(log P) for nginx's ring
+        O(1) and lock-free without ``compat``, ``balance_factor`` and ``exclude`` while no
+        slow-start ramp or passive-health suspension is in progress (the options may be on:
+        only their events leave the fast path); otherwise under the lock, O(log P) for nginx's ring
         of P points, plus O(n) for a client whose first choice cannot take it.
         ``ValueError`` naming the client if it is not an address; ``NoBackendAvailable`` if
         nothing is eligible.
@@ -287,7 +289,12 @@ class SourceIPHash(BaseScheduler):
             self._total_open = sum(s.open for s in order)
             self._opens_order = order
         self._fast = (
-            self._compat is None and self._bound is None and not self._timed and bool(self._table)
+            self._compat is None
+            and self._bound is None
+            and bool(self._table)
+            # no ramp step or lift pending and no trial awaited: nothing the clock decides
+            and self._next_event == math.inf
+            and all(slot.suspended_until == -math.inf for slot in order)
         )
 
     # -- internals ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo._swrr_replay import EMPTY, ClassGenerator, Epoch, Stream, unscale
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.scheduler import Client, Clock, Exclude
+from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
 __all__ = ["SmoothWeightedRoundRobin"]
 
@@ -67,23 +67,16 @@ class SmoothWeightedRoundRobin(BaseScheduler):
     >>> " ".join(sched.pick().key for _ in range(4))
     'b c b c'
 
-    Design and complexity. With fixed weights the sequence is periodic with period W (the sum
-    of the weights): after W picks every backend has gained W times its weight and lost W once
-    per pick of it, so the current weights are back where they were exactly when each got its
-    weight's worth of picks. From the start that holds at once; from a state left by a change
-    the sequence settles into such a cycle, usually within a fraction of a period. So after
-    each change the sequence is generated from the exact current weights and served in chunks
-    as it is generated; once the last W picks gave every backend exactly its weight (which
-    proves the state recurs: nothing is assumed), they are replayed forever. Generating costs
-    O(D) a step in C-level ``max``/``map`` over ints, D <= 100 distinct weights, because
-    backends of equal weight keep their order except when picked (see ``_Generator``). At the
-    next change the exact current weights come back in closed form,
-    ``C_i = C_i(0) + t * w_i - W * k_i(t)``, t being the picks drawn since the cycle started
-    (read from the pick counters) and k_i(t) backend i's share of them.
+    Design: with fixed weights the sequence is periodic (period W, the sum of the weights),
+    so after each change it is generated from the exact current weights until the last W
+    picks prove the cycle, then replayed; at the next change the current weights come back
+    in closed form (see ``docs/algorithms/swrr.md`` and ``lbalgo._swrr_replay``).
+    Complexity:
 
     - ``pick()`` without ``exclude``: one ``next()`` on a chain of ``itertools`` objects that
       yields the backend and advances its pick counter in the same C call, atomic under the
-      GIL, so no lock; O(1), about three empty method calls.
+      GIL, so no lock; O(1), about three empty method calls. ``release`` and a lease's exit:
+      O(1), no lock.
     - A change (``mark_down``/``mark_up``/``update``/passive health): O(n + W) to fold the
       rotation into exact current weights, then O(D) a pick until the cycle is proven (about
       one period; at n = 500 several times cheaper than the O(n) loop), then O(1) again.
@@ -132,6 +125,18 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             except StopIteration:
                 pass
         return self._pick_slot(client, exclude).backend
+
+    def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
+        """The next backend in nginx's sequence, held by a :class:`~lbalgo.Lease` (O(1)
+        and lock-free when nothing is excluded, its exit too)."""
+        if not exclude:
+            try:
+                slot, backend, _ = next(self._stream)
+                return Lease(backend, slot, self._end_lease)
+            except StopIteration:
+                pass
+        slot = self._pick_slot(client, exclude)
+        return Lease(slot.backend, slot, self._end_lease)
 
     def _pick_slot(self, client: Client, exclude: Exclude) -> Slot:
         if not exclude:
@@ -199,6 +204,20 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             )
             self._scale = 1
         self._start_epoch()
+
+    def _check(self) -> None:
+        """Assert the invariants of the shared state and of the rotation: every slot has a
+        current weight; an epoch covers eligible slots at their weights, and a proven cycle
+        gives each exactly its weight (see ``Epoch._check``)."""
+        super()._check()
+        assert set(self._current) == set(self._order)
+        assert self._scale in (1, RAMP_STEPS)
+        epoch = self._epoch
+        if epoch is not None:
+            now = self._now()
+            assert all(slot.live and self._eligible(slot, now) for slot in epoch.slots)
+            assert epoch.weights == tuple(slot.weight for slot in epoch.slots)
+            epoch._check()
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from lbalgo._slot import Slot
 from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidOptionError, InvalidTypeError
-from lbalgo.ledger import ConnectionLedger
+from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
@@ -56,8 +56,10 @@ class WeightedLeastConnections(BaseScheduler):
     ``open_connections`` and ``stats`` show this scheduler's own counts;
     ``sched.ledger.count(key)`` shows the ledger's (the fleet's, for a shared ledger).
 
-    Complexity with the local ledger: ``pick`` and ``release`` amortised O(log n);
-    ``update``, ``mark_down``/``mark_up`` and each slow-start weight step O(n).
+    Complexity with the local ledger: ``pick``, ``release`` and a lease's exit amortised
+    O(log n) under one short lock; ``mark_down``/``mark_up``, a passive-health suspension
+    or trial and each slow-start weight step O(log n) (the ledger changes that one key's
+    weight); ``update`` O(n).
 
     >>> from lbalgo import Backend, BackendGroup
     >>> group = BackendGroup([Backend("10.0.0.1", 80, 3), Backend("10.0.0.2", 80, 1)])
@@ -87,6 +89,8 @@ class WeightedLeastConnections(BaseScheduler):
         elif not isinstance(ledger, ConnectionLedger):
             raise InvalidTypeError(f"ledger must be a ConnectionLedger, got {shown(ledger)}")
         self._ledger: ConnectionLedger = ledger
+        # a ledger that changes one key's weight in O(log n) hears of each change alone
+        self._incremental = ledger if isinstance(ledger, IncrementalLedger) else None
         self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
         if given:
             # checked before the base's first rebuild hands the ledger this group
@@ -155,19 +159,25 @@ class WeightedLeastConnections(BaseScheduler):
         """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`),
         O(log n) under one short lock."""
         local = self._local
-        if local is None or failed is not False or type(backend) is not Backend:
+        slot = self._by_id.get(id(backend))  # the object a pick returned: see the base
+        if local is None or slot is None or slot.backend is not backend or failed is not False:
             super().release(backend, failed=failed)
             return
         with self._lock:
-            slot = self._slots.get(backend.key)
             # the local ledger's count for a key is this scheduler's open count: its answer
-            # says whether the release is within it
-            if slot is not None and local.release_open(slot.key):
+            # says whether the release is within it (a slot removed meanwhile is not live)
+            if slot.live and local.release_open(slot.key):
                 next(slot.ends)
 
     # -- the hooks of BaseScheduler ----------------------------------------------------------
 
     _hooked = True  # every release reaches the ledger
+
+    def _finish_lease(self, token: object, failed: bool) -> None:
+        # every release of a lease goes through the ledger, under the lock
+        slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots
+        if slot.live:
+            self._finish(slot, failed)
 
     def _finish(self, slot: Slot, failed: bool) -> None:
         local = self._local
@@ -189,6 +199,13 @@ class WeightedLeastConnections(BaseScheduler):
 
     def _released(self, slot: Slot) -> None:
         self._ledger.release(slot.key)
+
+    def _changed(self, slot: Slot) -> None:
+        incremental = self._incremental
+        if incremental is None or not incremental.set_weight(
+            slot.key, self._fine_weight(slot, self._now())
+        ):
+            self._rebuild()
 
     def _rebuild(self) -> None:
         now = self._now()

@@ -24,7 +24,6 @@ from lbalgo.bench._core import (
     Table,
     empty_call_ns,
     load_half,
-    median_rounds,
     ns_per_call,
     sample_clients,
     sample_group,
@@ -41,6 +40,16 @@ SIZES = (8, 50, 500)
 QUICK_SIZES = (8, 50)
 ROUNDS = 5
 _CLIENTS = 1024  # a power of two: the loops pick the next client with a mask
+
+
+def best_ratios(measure: Callable[[], Sequence[float]], rounds: int) -> list[float]:
+    """Call ``measure()`` ``rounds`` times; it returns the empty call's time first, then the
+    contenders' times (each a median of 5 runs). Each figure is the best (lowest) time over
+    the rounds divided by the best time of the empty call: on a shared machine other load
+    only ever adds time, so the least disturbed round of each is the one to compare."""
+    samples = [measure() for _ in range(rounds)]
+    best = [min(column) for column in zip(*samples, strict=True)]
+    return [figure / best[0] for figure in best[1:]]
 
 
 def _pick_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
@@ -111,17 +120,17 @@ def _three(
         sched = build(sample_group(n))
 
         def measure(sched: Any = sched) -> list[float]:
-            floor = empty_call_ns(loops)
             return [
-                _pick_ns(sched, loops, clients) / floor,
-                _pair_ns(sched, loops, clients) / floor,
-                _lease_ns(sched, loops, clients) / floor,
+                empty_call_ns(loops),
+                _pick_ns(sched, loops, clients),
+                _pair_ns(sched, loops, clients),
+                _lease_ns(sched, loops, clients),
             ]
 
-        table.rows.append([n, *median_rounds(measure, rounds), ", ".join(goals)])
+        table.rows.append([n, *best_ratios(measure, rounds), ", ".join(goals)])
     table.notes.append(
-        "multiples of an empty method call timed in the same round (each a median of 5 "
-        f"runs of {loops:,} calls); the median over {rounds} rounds"
+        "multiples of an empty method call (each time a median of 5 runs of "
+        f"{loops:,} calls, the best of {rounds} rounds taken back to back)"
     )
     return table
 
@@ -189,14 +198,16 @@ def wlc_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
             scan: ScanLeastConnections = scan,
             scan_loops: int = scan_loops,
         ) -> list[float]:
-            floor = empty_call_ns(loops)
-            pair = _pair_ns(ours, loops, ())
-            lease = _lease_ns(ours, loops, ())
-            bare = _pair_ns(scan, scan_loops, ())
-            return [pair / floor, lease / floor, bare / floor, pair / bare]
+            return [
+                empty_call_ns(loops),
+                _pair_ns(ours, loops, ()),
+                _lease_ns(ours, loops, ()),
+                _pair_ns(scan, scan_loops, ()),
+            ]
 
+        pair, lease, bare = best_ratios(measure, rounds)
         goal = "pair <= 25, connection <= 35" + (", ours / scan <= 1.2" if n <= 8 else "")
-        table.rows.append([n, *median_rounds(measure, rounds), goal])
+        table.rows.append([n, pair, lease, bare, pair / bare, goal])
     n = max(sizes)
     group = sample_group(n)
     sched = WeightedLeastConnections(group)
@@ -211,10 +222,9 @@ def wlc_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
             sched.mark_up(key)
 
     def measure_flap() -> list[float]:
-        floor = empty_call_ns(loops)
-        return [time_loop(flap, flaps) / 2 / floor]
+        return [empty_call_ns(loops), time_loop(flap, flaps) / 2]
 
-    (per_mark,) = median_rounds(measure_flap, rounds)
+    (per_mark,) = best_ratios(measure_flap, rounds)
     table.notes.append(
         f"a health flap at {n} backends: mark_down or mark_up costs {per_mark:,.0f} empty "
         "calls (goal at 500: <= 1,000)"
@@ -222,7 +232,7 @@ def wlc_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
     table.notes.append(
         "the bare scan: the O(n) loop with no lock, no health, no stats "
         "(lbalgo.testing.reference.ScanLeastConnections); the same group and standing load; "
-        f"each figure a multiple of an empty method call, median over {rounds} rounds"
+        f"each figure a multiple of an empty method call, the best of {rounds} rounds"
     )
     return table
 

@@ -153,11 +153,18 @@ class ScanLeastConnections:
 
 class FractionLedger:
     """The rule :class:`~lbalgo.LocalLedger` documents, spelled out with Fractions and O(n)
-    scans: lowest count/weight; among equal ratios a ready key (S <= V) with the earliest
-    F = S + 1/w, else the earliest S; then group order. V moves 1/total per acquire; a
-    chosen key's next S is clamped to [V before the pick, V after it + 1/w]; a new eligible
-    set keeps each key's S - V, floored to the new scale lcm(total, weights) and clamped to
-    +-1/w. A :class:`~lbalgo.ConnectionLedger`, O(n) an acquire.
+    scans. A :class:`~lbalgo.ConnectionLedger` with ``set_weight``, O(n) an acquire.
+
+    Choice: lowest count/weight; among equal ratios a ready key (S <= V) with the earliest
+    F = S + 1/w, else the earliest S; then group order (the order of the last
+    :meth:`set_eligible`). Times live on the scale 1/M (M = lcm(total, weights) at
+    :meth:`set_eligible`, grown to lcm(M, w) by a :meth:`set_weight` whose weight does not
+    divide it); ``floor(V)`` is V rounded down to that scale. An acquire moves V by
+    1/total; the chosen key's S becomes S + 1/w clamped to [floor(V) before, floor(V)
+    after + 1/w]. :meth:`set_eligible` keeps each survivor's S - floor(V), rounded down to
+    the new scale and clamped to +-1/w, and restarts V at 0; :meth:`set_weight` rounds V
+    down to the scale, then clamps that one key's S - V to +-1/w (a key coming back starts
+    at V); past ``2**64`` times the scale of the last :meth:`set_eligible` it is that call.
 
     >>> ledger = FractionLedger()
     >>> ledger.set_eligible([("a", 3), ("b", 1)])
@@ -167,55 +174,94 @@ class FractionLedger:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self.eligible: list[tuple[str, int]] = []
-        self.start: dict[str, Fraction] = {}
+        self.order: list[str] = []  # group order of the last set_eligible
+        self.weights: dict[str, int] = {}  # by key in order; 0 while out
+        self.start: dict[str, Fraction] = {}  # eligible keys only
         self.clock = Fraction(0)
-        self.total = 0
+        self.scale = 1
+        self.cap = 1 << 64
+
+    @property
+    def total(self) -> int:
+        """The eligible weights' sum."""
+        return sum(self.weights.values())
+
+    def _floor(self, value: Fraction) -> Fraction:
+        return Fraction(math.floor(value * self.scale), self.scale)
 
     def set_eligible(self, weights: Sequence[tuple[str, int]]) -> None:
         """Replace the eligible set, keeping each key's place (see the class)."""
         entries = list(weights)
-        self.total = sum(w for _, w in entries)
-        scale = math.lcm(self.total, *(w for _, w in entries)) if entries else 1
+        total = sum(w for _, w in entries)
+        scale = math.lcm(total, *(w for _, w in entries)) if entries else 1
+        now = self._floor(self.clock)
         start = {}
         for key, weight in entries:
             if key in self.start:
-                lag = Fraction(math.floor((self.start[key] - self.clock) * scale), scale)
+                lag = Fraction(math.floor((self.start[key] - now) * scale), scale)
                 lag = max(Fraction(-1, weight), min(Fraction(1, weight), lag))
             else:
                 lag = Fraction(0)
             start[key] = lag
-        self.eligible, self.start, self.clock = entries, start, Fraction(0)
+        self.order = [key for key, _ in entries]
+        self.weights = dict(entries)
+        self.start, self.clock = start, Fraction(0)
+        self.scale, self.cap = scale, scale << 64
+
+    def set_weight(self, key: str, weight: int) -> bool:
+        """Change one key's weight (see the class); ``False`` if it has no place."""
+        if key not in self.weights:
+            return not weight
+        old = self.weights[key]
+        if weight == old:
+            return True
+        self.clock = self._floor(self.clock)
+        if weight and self.scale % weight:
+            grown = math.lcm(self.scale, weight)
+            if grown > self.cap:
+                changed = {**self.weights, key: weight}
+                self.set_eligible([(k, changed[k]) for k in self.order if changed[k]])
+                return True
+            self.scale = grown
+        self.weights[key] = weight
+        if not weight:
+            del self.start[key]
+            return True
+        lag = self.start[key] - self.clock if old else Fraction(0)
+        self.start[key] = self.clock + max(Fraction(-1, weight), min(Fraction(1, weight), lag))
+        return True
 
     def _advance(self, key: str, weight: int) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
-        before = self.clock
+        before = self._floor(self.clock)
         self.clock += Fraction(1, self.total)
+        after = self._floor(self.clock)
         s = self.start[key] + Fraction(1, weight)
-        s = max(before, min(self.clock + Fraction(1, weight), s))
-        self.start[key] = s
+        self.start[key] = max(before, min(after + Fraction(1, weight), s))
 
     def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """The key the rule chooses, counted; ``None`` if none qualifies."""
 
-        def order(item: tuple[int, tuple[str, int]]) -> tuple[Fraction, int, Fraction, int]:
-            pos, (key, weight) = item
-            s = self.start[key]
+        def order(item: tuple[int, str]) -> tuple[Fraction, int, Fraction, int]:
+            pos, key = item
+            weight, s = self.weights[key], self.start[key]
             ready = s <= self.clock
             tie = s + Fraction(1, weight) if ready else s
             return (Fraction(self.counts.get(key, 0), weight), 0 if ready else 1, tie, pos)
 
-        candidates = [(p, kw) for p, kw in enumerate(self.eligible) if kw[0] not in exclude]
+        candidates = [
+            (p, k) for p, k in enumerate(self.order) if self.weights[k] and k not in exclude
+        ]
         if not candidates:
             return None
-        _, (key, weight) = min(candidates, key=order)
-        self._advance(key, weight)
+        _, key = min(candidates, key=order)
+        self._advance(key, self.weights[key])
         return key
 
     def take(self, key: str) -> None:
         """Count ``key`` as if acquired (a key not eligible is counted as draining)."""
-        weight = dict(self.eligible).get(key)
-        if weight is None:
+        weight = self.weights.get(key, 0)
+        if not weight:
             self.counts[key] = self.counts.get(key, 0) + 1
         else:
             self._advance(key, weight)

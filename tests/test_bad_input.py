@@ -1,7 +1,6 @@
-"""Review of the public entry points against API.md: bad input raises the documented error
-naming the field and value with state unchanged, and lock-free reads never see a torn count.
-
-Each test here pins a defect found in review (see the test's docstring).
+"""Defects found in review of the public entry points, each pinned by a test: bad input gets
+the documented error naming the field and value with state unchanged, and lock-free reads
+never see a torn count (see each test's docstring).
 """
 
 from __future__ import annotations
