@@ -428,6 +428,7 @@ def test_flushall_the_fleet_reasserts_before_the_next_pick(
         client.close()
 
     figures = check_store_loss(fleet_factory, make_ledger, flush)
+    print(f"\nafter FLUSHALL: {figures}")  # shown with -s: the closing figures
     assert figures["partial_picks"] == 0
 
 
@@ -437,6 +438,7 @@ def test_empty_restart_the_fleet_reasserts_before_the_next_pick(
     redis_server: RedisServer,
 ) -> None:
     figures = check_store_loss(fleet_factory, make_ledger, redis_server.restart)
+    print(f"\nafter an empty restart: {figures}")
     assert figures["partial_picks"] == 0
 
 
