@@ -14,7 +14,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
-from operator import length_hint
 
 from lbalgo._options import check_group, check_options, check_release, normalize_exclude
 from lbalgo._passive import PassiveHealth
@@ -141,8 +140,8 @@ class BaseScheduler(ABC):
         if slot is None or slot.backend is not backend or failed is not False:
             self._release_checked(backend, failed)
             return
-        # Tally.end inlined: end number n is within the open count if n + picks' hint < limit
-        if next(slot.ends) + length_hint(slot.picks) >= slot.limit and not slot.void_excess():
+        # Tally.end inlined: end number n is within the open count if n + picks left < limit
+        if next(slot.ends) + slot.picks_left() >= slot.limit and not slot.void_excess():
             return
         if slot.notify:
             with self._lock:
@@ -408,7 +407,7 @@ class BaseScheduler(ABC):
         if failed:
             self._finish(slot, True)
         elif (
-            next(slot.ends) + length_hint(slot.picks) < slot.limit or slot.void_excess()
+            next(slot.ends) + slot.picks_left() < slot.limit or slot.void_excess()
         ) and slot.notify:
             with self._lock:
                 self._after_release(slot, False)
