@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import pickle
-from typing import Any
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import pytest
 from hypothesis import given
@@ -13,12 +16,14 @@ from hypothesis import strategies as st
 
 from lbalgo import (
     MAX_BACKENDS,
+    MAX_NAME_LENGTH,
     MAX_WEIGHT,
     Backend,
     BackendGroup,
     InvalidBackendError,
     InvalidGroupError,
     LbalgoError,
+    UnknownBackendError,
 )
 from lbalgo.testing import backends, groups
 
@@ -207,3 +212,153 @@ def test_from_config() -> None:
 def test_from_config_errors_name_the_entry(config: Any, message: str) -> None:
     with pytest.raises(InvalidGroupError, match=message):
         BackendGroup.from_config(config)
+
+
+# -- bounded input and one key per endpoint (issue 17) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "shown"),
+    [
+        ({"host": "a" * 1_000_000}, "host", "(1000000 characters)"),
+        ({"host": "x" * 64 + ".example"}, "host", "xxxx"),  # a label over 63 characters
+        ({"host": ".".join(["a" * 63] * 4) + ".b"}, "host", "aaaa"),  # 256 characters
+        ({"host": "-web.example"}, "host", "'-web.example'"),
+        ({"host": "web..example"}, "host", "'web..example'"),
+        ({"host": "web/1"}, "host", "'web/1'"),
+        ({"host": "10.1"}, "host", "'10.1'"),  # inet_aton would read it as 10.0.0.1
+        ({"host": "010.0.0.1"}, "host", "'010.0.0.1'"),  # octal to inet_aton
+        ({"host": "2001:db8::1:80"[:-1] + "g"}, "host", "2001:db8::1:8g"),
+        ({"port": 10**400}, "port", "an integer of 401 digits"),
+        ({"weight": 10**5000}, "weight", "an integer of 5001 digits"),
+        ({"weight": -(10**4301)}, "weight", "a negative integer of 4302 digits"),
+        ({"name": "n" * (MAX_NAME_LENGTH + 1)}, "name", f"({MAX_NAME_LENGTH + 1} characters)"),
+        ({"name": "tab\there"}, "name", r"'tab\there'"),
+    ],
+)
+def test_every_field_is_bounded_and_shown_safely(
+    kwargs: dict[str, Any], field: str, shown: str
+) -> None:
+    args: dict[str, Any] = {"host": "10.0.0.1", "port": 80, "weight": 1, "name": None}
+    args.update(kwargs)
+    with pytest.raises(InvalidBackendError) as caught:
+        Backend(args["host"], args["port"], args["weight"], name=args["name"])
+    message = str(caught.value)
+    assert message.startswith(f"{field} must be "), message
+    assert shown in message
+    assert len(message) < 400
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a" * 63 + ".example",
+        ".".join(["a" * 63] * 3) + "." + "b" * 61,  # 253 characters
+        "web_1.internal",
+        "example.com.",
+        "fe80::1%eth0",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_hosts_dns_allows_are_accepted(host: str) -> None:
+    assert Backend(host, 80).host == host
+
+
+@pytest.mark.parametrize(
+    ("spellings", "key"),
+    [
+        (["10.0.0.1", "::ffff:10.0.0.1", "::FFFF:10.0.0.1", "::ffff:a00:1"], "10.0.0.1:80"),
+        (["2001:db8::1", "2001:DB8::1", "2001:db8:0:0:0:0:0:1", "2001:0db8::0001"],
+         "[2001:db8::1]:80"),
+        (["web.internal", "Web.Internal", "web.internal."], "web.internal:80"),
+    ],
+)  # fmt: skip
+def test_one_endpoint_one_key(spellings: list[str], key: str) -> None:
+    """Every spelling of one endpoint has one key (so a group holds it once); ``host`` and
+    ``address`` keep the text as written, for nginx-compatible hashing."""
+    backends_ = [Backend(host, 80) for host in spellings]
+    assert {b.key for b in backends_} == {key}
+    assert [b.host for b in backends_] == spellings
+    assert all(b.address.endswith(":80") and (b.host in b.address) for b in backends_)
+    for other in backends_[1:]:
+        with pytest.raises(
+            InvalidGroupError, match=rf"entry 1: duplicate backend key '{re.escape(key)}'"
+        ):
+            BackendGroup([backends_[0], other])
+
+
+def test_an_endless_iterable_is_read_only_to_entry_501() -> None:
+    backend = Backend("10.0.0.1", 80)
+    with pytest.raises(InvalidGroupError, match=r"entry 500 \(the 501st backend\)"):
+        BackendGroup(itertools.repeat(backend))
+    read = 0
+
+    def million() -> Iterator[Backend]:
+        nonlocal read
+        for port in range(1, 1_000_001):
+            read += 1
+            yield Backend("10.0.0.1", port % 65535 + 1)
+
+    with pytest.raises(InvalidGroupError, match="at most 500"):
+        BackendGroup(million())
+    assert read == MAX_BACKENDS + 1
+
+
+class CountingSequence(Sequence[dict[str, Any]]):
+    """A huge config that counts how many entries were read."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.read = size, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            raise NotImplementedError
+        if index >= self.size:
+            raise IndexError(index)
+        self.read += 1
+        return {"host": "10.0.0.1", "port": index % 65535 + 1}
+
+
+def test_a_huge_config_is_read_only_to_entry_501() -> None:
+    config = CountingSequence(1_000_000)
+    with pytest.raises(InvalidGroupError, match="the 501st backend"):
+        BackendGroup.from_config(config)
+    assert config.read == MAX_BACKENDS + 1
+
+
+def test_unknown_keys_are_lbalgo_errors_and_key_errors() -> None:
+    group = _group(1, 1)
+    for call in (
+        lambda: group["nope"],
+        lambda: group.without("nope"),
+        lambda: group.with_weight("nope", 1),
+        lambda: group.index("nope"),
+    ):
+        with pytest.raises(UnknownBackendError) as caught:
+            call()
+        assert isinstance(caught.value, KeyError)
+        assert isinstance(caught.value, LbalgoError)
+        assert "nope" in str(caught.value)
+
+
+@given(
+    host=st.one_of(st.text(max_size=300), st.from_regex(r"\A[a-zA-Z0-9.:_%-]{1,80}\Z")),
+    port=st.one_of(st.integers(), st.floats(), st.none(), st.text(max_size=5)),
+    weight=st.one_of(st.integers(min_value=-(10**5000), max_value=10**5000), st.booleans()),
+)
+def test_any_input_gets_a_backend_or_the_typed_error(host: str, port: Any, weight: Any) -> None:
+    try:
+        backend = Backend(host, port, weight)
+    except InvalidBackendError as error:
+        message = str(error)
+        assert message.split(" must be ")[0] in {"host", "port", "weight"}
+        assert len(message) < 400
+    else:
+        assert Backend(backend.key.rsplit(":", 1)[0].strip("[]"), port, weight).key == backend.key

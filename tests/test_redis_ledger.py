@@ -11,9 +11,7 @@ stopped, hung and restarted mid-run. Every wait is bounded.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +20,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
-from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
@@ -33,6 +30,7 @@ from lbalgo import (
     Backend,
     BackendGroup,
     ConnectionLedger,
+    InvalidOptionError,
     LbalgoError,
     LedgerUnavailable,
     LocalLedger,
@@ -43,24 +41,21 @@ from lbalgo import (
 from lbalgo.bench._redis_server import RedisServer
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import groups
+from redis_fleet import (
+    LEASE,
+    Fleet,
+    check_fleet_totals,
+    check_frozen_process,
+    check_killed_process,
+    check_store_loss,
+    wait_until,
+)
 from redis_server import namespace, redis_server, redis_url, skip_without_redis
 from threads import run_threads
 
 __all__ = ["namespace", "redis_server", "redis_url"]  # fixtures used by the tests below
 
 pytestmark = pytest.mark.redis
-
-LEASE = 1.0  # seconds: short, so reclaim tests finish quickly
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 @pytest.fixture
@@ -109,13 +104,20 @@ def least_ratio_holds(counts: Counter[str], weights: dict[str, int], key: str) -
         ({"lease_timeout": math.nan}, r"lease_timeout must be .* got nan"),
         ({"lease_timeout": True}, r"lease_timeout must be .* got True"),
         ({"lease_timeout": "30"}, r"lease_timeout must be .* got '30'"),
+        ({"lease_timeout": 10**5000}, r"lease_timeout must be .* got an integer of 5001 digits"),
+        ({"namespace": "n" * 10**6}, r"namespace must be .* \(1000000 characters\)"),
+        ({"cluster": "yes"}, r"cluster must be True or False, got 'yes'"),
+        ({"cluster": 1}, r"cluster must be True or False, got 1"),
+        ({"cluster": True, "url": "unix:///tmp/r.sock"}, r"url must give the URL of one node"),
+        ({"cluster": True, "url": "redis://h:7000/3"}, r"url of a Redis Cluster must use db"),
     ],
 )
 def test_bad_arguments_name_the_field_and_value(kwargs: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"url": "redis://127.0.0.1:1/0", "namespace": "web"}
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidOptionError, match=message) as caught:
         RedisLedger(args.pop("url"), **args)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_import_lbalgo_does_not_import_redis() -> None:
@@ -381,72 +383,12 @@ def test_release_never_below_zero_and_only_own(
 # -- several processes ------------------------------------------------------------------------
 
 
-def fleet_worker(
-    url: str, namespace: str, weights: list[tuple[str, int]], conn: Connection
-) -> None:
-    """A worker process: one scheduler on a RedisLedger, driven by commands on ``conn``."""
-    group = BackendGroup(
-        [Backend("10.0.0.1", 80 + i, w, name=k) for i, (k, w) in enumerate(weights)]
-    )
-    ledger = RedisLedger(url, namespace=namespace, lease_timeout=LEASE)
-    sched = WeightedLeastConnections(group, ledger=ledger)
-    held = []
-    while conn.poll(60):
-        command, arg = conn.recv()
-        if command == "pick":
-            held += [sched.pick() for _ in range(arg)]
-            conn.send(Counter(b.key for b in held))
-        elif command == "release":
-            for backend in held:
-                sched.release(backend)
-            held.clear()
-            conn.send(Counter())
-        elif command == "exit":
-            ledger.close()
-            conn.send(None)
-            return
-
-
-class Fleet:
-    """Worker processes (spawned: the test process has threads) on one namespace."""
-
-    def __init__(self, url: str, namespace: str, weights: list[tuple[str, int]], size: int):
-        ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.processes = []
-        for _ in range(size):
-            mine, theirs = ctx.Pipe()
-            process = ctx.Process(target=fleet_worker, args=(url, namespace, weights, theirs))
-            process.start()
-            self.conns.append(mine)
-            self.processes.append(process)
-
-    def ask(self, index: int, command: str, arg: int = 0) -> Any:
-        self.conns[index].send((command, arg))
-        assert self.conns[index].poll(30), f"worker {index} did not answer {command}"
-        return self.conns[index].recv()
-
-    def ask_all(self, command: str, arg: int = 0) -> list[Any]:
-        for conn in self.conns:
-            conn.send((command, arg))
-        answers = []
-        for index, conn in enumerate(self.conns):
-            assert conn.poll(30), f"worker {index} did not answer {command}"
-            answers.append(conn.recv())
-        return answers
-
-    def close(self) -> None:
-        for process in self.processes:
-            process.kill()
-            process.join(10)
-
-
 @pytest.fixture
 def fleet_factory(redis_url: str, namespace: str) -> Iterator[Callable[..., Fleet]]:
     fleets: list[Fleet] = []
 
-    def make(weights: list[tuple[str, int]], size: int) -> Fleet:
-        fleet = Fleet(redis_url, namespace, weights, size)
+    def make(weights: list[tuple[str, int]], size: int, lease: float = LEASE) -> Fleet:
+        fleet = Fleet(redis_url, namespace, weights, size, lease=lease)
         fleets.append(fleet)
         return fleet
 
@@ -458,59 +400,49 @@ def fleet_factory(redis_url: str, namespace: str) -> Iterator[Callable[..., Flee
 def test_fleet_totals_follow_the_weights(
     fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
 ) -> None:
-    """Four worker processes pick at the same time and hold every connection: the fleet's
-    total per backend is exactly the weighted share (least ratio on the totals)."""
-    weights = [("a", 5), ("b", 3), ("c", 2)]
-    fleet = fleet_factory(weights, 4)
-    per_worker = fleet.ask_all("pick", 30)  # 120 connections, 12 weight periods
-    total = sum(per_worker, Counter[str]())
-    assert total == {"a": 60, "b": 36, "c": 24}
-    observer = make_ledger()
-    assert observer.counts(["a", "b", "c"]) == dict(total)
-    fleet.ask_all("release")
-    assert observer.counts(["a", "b", "c"]) == {"a": 0, "b": 0, "c": 0}
+    check_fleet_totals(fleet_factory, make_ledger)
 
 
 def test_killed_process_leases_come_back(
     fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
 ) -> None:
-    weights = [("a", 1), ("b", 1)]
-    fleet = fleet_factory(weights, 2)
-    victim = fleet.ask(0, "pick", 6)
-    survivor = fleet.ask(1, "pick", 4)
-    observer = make_ledger(lease_timeout=LEASE)
-
-    def fleet_counts() -> Counter[str]:
-        return Counter(observer.counts(["a", "b"]))
-
-    assert fleet_counts() == victim + survivor
-    killed_at = time.monotonic()
-    os.kill(fleet.processes[0].pid or 0, signal.SIGKILL)
-    fleet.processes[0].join(10)
-    # nothing is reclaimed early: the lease has to run out first
-    assert fleet_counts() == victim + survivor
-    assert wait_until(lambda: fleet_counts() == survivor, timeout=LEASE * 4)
-    assert time.monotonic() - killed_at >= LEASE * 0.5
-    fleet.ask(1, "release")
-    assert observer.counts(["a", "b"]) == {"a": 0, "b": 0}  # not negative, not twice
+    check_killed_process(fleet_factory, make_ledger)
 
 
 def test_frozen_process_is_reclaimed_then_puts_its_leases_back(
     fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
 ) -> None:
-    fleet = fleet_factory([("a", 1)], 1)
-    assert fleet.ask(0, "pick", 3) == {"a": 3}
-    observer = make_ledger(lease_timeout=LEASE)
-    pid = fleet.processes[0].pid or 0
-    os.kill(pid, signal.SIGSTOP)  # a GC pause or a stopped VM, longer than the lease
-    try:
-        assert wait_until(lambda: observer.count("a") == 0, timeout=LEASE * 4)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    # its heartbeat finds it was reclaimed and puts back the 3 it still holds
-    assert wait_until(lambda: observer.count("a") == 3, timeout=LEASE * 2)
-    fleet.ask(0, "release")
-    assert observer.count("a") == 0
+    check_frozen_process(fleet_factory, make_ledger)
+
+
+def test_flushall_the_fleet_reasserts_before_the_next_pick(
+    fleet_factory: Callable[..., Fleet],
+    make_ledger: Callable[..., RedisLedger],
+    redis_server: RedisServer,
+) -> None:
+    """FLUSHALL while three processes hold connections: the next call of a fourth already
+    counts them all (before: a process picked 11 times as if only its own leases existed,
+    for up to lease_timeout / 4)."""
+    import redis
+
+    def flush() -> None:
+        client = redis.Redis(port=redis_server.port)
+        client.flushall()
+        client.close()
+
+    figures = check_store_loss(fleet_factory, make_ledger, flush)
+    print(f"\nafter FLUSHALL: {figures}")  # shown with -s: the closing figures
+    assert figures["partial_picks"] == 0
+
+
+def test_empty_restart_the_fleet_reasserts_before_the_next_pick(
+    fleet_factory: Callable[..., Fleet],
+    make_ledger: Callable[..., RedisLedger],
+    redis_server: RedisServer,
+) -> None:
+    figures = check_store_loss(fleet_factory, make_ledger, redis_server.restart)
+    print(f"\nafter an empty restart: {figures}")
+    assert figures["partial_picks"] == 0
 
 
 # -- Redis outages ----------------------------------------------------------------------------

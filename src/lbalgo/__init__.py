@@ -3,20 +3,30 @@
 Everything public is importable from here; see ``docs/`` for the guide and API reference.
 """
 
-from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
+from lbalgo.backend import (
+    MAX_BACKENDS,
+    MAX_HOST_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_WEIGHT,
+    Backend,
+    BackendGroup,
+)
 from lbalgo.errors import (
     HealthCheckFailed,
     InvalidBackendError,
     InvalidGroupError,
     InvalidOptionError,
+    InvalidTypeError,
     LbalgoError,
+    LedgerUnavailable,
     NoBackendAvailable,
+    UnknownBackendError,
 )
 from lbalgo.health import HealthChecker, HealthStatus
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.nginx import Upstream, load_upstream
-from lbalgo.redis_ledger import LedgerUnavailable, RedisLedger  # imports redis-py lazily
+from lbalgo.redis_ledger import RedisLedger  # imports redis-py lazily
 from lbalgo.retry import attempts
 from lbalgo.scheduler import BackendStats, Lease, Scheduler
 from lbalgo.source_ip_hash import SourceIPHash
@@ -26,6 +36,8 @@ from lbalgo.wlc import WeightedLeastConnections
 
 __all__ = [
     "MAX_BACKENDS",
+    "MAX_HOST_LENGTH",
+    "MAX_NAME_LENGTH",
     "MAX_WEIGHT",
     "Backend",
     "BackendGroup",
@@ -38,6 +50,7 @@ __all__ = [
     "InvalidBackendError",
     "InvalidGroupError",
     "InvalidOptionError",
+    "InvalidTypeError",
     "LbalgoError",
     "Lease",
     "LedgerUnavailable",
@@ -48,6 +61,7 @@ __all__ = [
     "SmoothWeightedRoundRobin",
     "SourceIPHash",
     "StickySessions",
+    "UnknownBackendError",
     "Upstream",
     "WeightedLeastConnections",
     "attempts",

@@ -15,6 +15,9 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from lbalgo._validate import shown
+from lbalgo.errors import InvalidOptionError
+
 __all__ = ["STRICT_PTON", "address_key", "address_text", "bad_address", "remote_addr"]
 
 _INET = socket.AF_INET
@@ -39,10 +42,12 @@ STRICT_PTON = _pton_is_strict()
 """Whether ``inet_pton`` may serve as the fast path here (true on glibc)."""
 
 
-def bad_address(client: object) -> ValueError:
-    """The error for something that is not a client address, naming it."""
-    return ValueError(
-        f"client must be an IPv4 or IPv6 address (str, IPv4Address or IPv6Address), got {client!r}"
+def bad_address(client: object) -> InvalidOptionError:
+    """The error for something that is not a client address, naming it (an
+    :class:`~lbalgo.InvalidOptionError`, so a ``ValueError``)."""
+    return InvalidOptionError(
+        f"client must be an IPv4 or IPv6 address (str, IPv4Address or IPv6Address), "
+        f"got {shown(client)}"
     )
 
 
@@ -62,7 +67,8 @@ def address_key(client: object) -> bytes:
     >>> address_key("10.0.0.1:80")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: client must be an IPv4 or IPv6 address (...), got '10.0.0.1:80'
+    lbalgo.errors.InvalidOptionError: client must be an IPv4 or IPv6 address (...),
+    got '10.0.0.1:80'
     """
     if type(client) is str and STRICT_PTON:
         try:

@@ -15,12 +15,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 
-from lbalgo._options import check_options, normalize_exclude
+from lbalgo._options import check_group, check_options, check_release, normalize_exclude
 from lbalgo._passive import PassiveHealth
 from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS, Ramps
+from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.errors import InvalidGroupError, NoBackendAvailable
+from lbalgo.errors import InvalidTypeError, NoBackendAvailable, UnknownBackendError
 from lbalgo.scheduler import BackendStats, Client, Clock, Exclude, Lease
 
 __all__ = ["BaseScheduler"]
@@ -57,8 +58,7 @@ class BaseScheduler(ABC):
         fail_timeout: float = 10.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        if not isinstance(group, BackendGroup):
-            raise InvalidGroupError(f"group must be a BackendGroup, got {group!r}")
+        check_group(group)
         check_options(slow_start, max_fails, fail_timeout, clock)
         self._lock = threading.RLock()
         self._slow_start = float(slow_start)
@@ -196,8 +196,7 @@ class BaseScheduler(ABC):
         Surviving keys keep health marks, open counts and algorithm state; new keys start up
         (ramping if slow start is on); removed keys are forgotten.
         """
-        if not isinstance(group, BackendGroup):
-            raise InvalidGroupError(f"group must be a BackendGroup, got {group!r}")
+        check_group(group)
         with self._lock:
             old = self._slots
             slots: dict[str, Slot] = {}
@@ -314,7 +313,7 @@ class BaseScheduler(ABC):
 
     def _take(self, key: str, exclude: Exclude) -> Slot | None:
         if not isinstance(key, str):
-            raise TypeError(f"key must be a backend key (str), got {key!r}")
+            raise InvalidTypeError(f"key must be a backend key (str), got {shown(key)}")
         excluded = exclude if isinstance(exclude, frozenset) else normalize_exclude(exclude)
         with self._lock:
             slot = self._slots.get(key)
@@ -348,10 +347,10 @@ class BaseScheduler(ABC):
                 reasons.append(f"{slot.key} down")
             elif slot.weight == 0:
                 reasons.append(f"{slot.key} weight 0")
-            else:
+            elif slot.suspended_until > self._now():  # the true cause only: none is eligible
                 reasons.append(f"{slot.key} suspended by passive health")
-        shown = ", ".join(reasons[:5]) + (", ..." if len(reasons) > 5 else "")
-        return NoBackendAvailable(f"no backend available ({shown})")
+        listed = ", ".join(reasons[:5]) + (", ..." if len(reasons) > 5 else "")
+        return NoBackendAvailable(f"no backend available ({listed})")
 
     def _check(self) -> None:
         """Assert the invariants of the shared state (the stateful tests call it)."""
@@ -375,7 +374,7 @@ class BaseScheduler(ABC):
         try:
             return self._slots[key]
         except (KeyError, TypeError):
-            raise KeyError(key) from None
+            raise UnknownBackendError(key) from None
 
     def _start_ramp(self, slots: Iterable[Slot]) -> None:
         """Ramp ``slots`` (joining together) from now, if slow start is on and some other
@@ -391,13 +390,10 @@ class BaseScheduler(ABC):
             self._next_event = min(self._next_event, ramps.next_due)
 
     def _release_checked(self, backend: object, failed: object) -> None:
-        if not isinstance(backend, Backend):
-            raise TypeError(f"release expects a Backend, got {backend!r}")
-        if type(failed) is not bool:
-            raise TypeError(f"failed must be a bool, got {failed!r}")
-        slot = self._slots.get(backend.key)
+        checked, fail = check_release(backend, failed)
+        slot = self._slots.get(checked.key)
         if slot is not None:
-            self._finish(slot, failed)
+            self._finish(slot, fail)
 
     def _finish_lease(self, token: object, failed: bool) -> None:
         slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots

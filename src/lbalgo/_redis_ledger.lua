@@ -13,17 +13,23 @@
 --   held:<owner> HASH  key -> connections that owner holds (what is reclaimed if it dies)
 --   elig:<owner> HASH  key -> that owner's effective weight (its eligible set)
 --   seen / grace STR   last server time any call ran / no reclaim before this time
+--   alive        STR   present while the store holds the fleet's state: missing means it
+--                      restarted empty or was flushed, and the fleet is told on "lost"
+--   lost         channel (sharded on a Cluster): the owner that found the store empty
 --
 -- KEYS[1]: the q key, so that a proxy or cluster client routes the call; the script builds
 -- every key from the prefix.
 -- ARGV: prefix, owner, lease_timeout, full ("1": the lists below are this owner's complete
 -- state, replacing what the store has), action ("" | "a" acquire | "t" take | "x" close),
 -- the caller's total eligible weight (V moves 1/total per pick), the key to take (or ""),
--- then five counted lists: excluded keys; held (key, n) pairs (full: absolute; else releases);
+-- the publish command ("PUBLISH", or "SPUBLISH" on a Cluster), then five counted lists: excluded keys; held (key, n) pairs (full: absolute; else releases);
 -- eligible (key, weight) pairs (full: all; else changes); keys to un-declare (not full);
 -- keys whose counts to return.
 -- Returns {status, picked key or false, counts...}; status "LOST" means the store does not
--- know this owner (new server, or it was reclaimed) and nothing was done.
+-- know this owner (new server, or it was reclaimed) and nothing was done; "REBUILT" (only
+-- for a full call) means the store had no state (lost, or a new namespace): this owner's
+-- state is in, the fleet was told, the action was NOT done, the third item is how many
+-- listened.
 
 local P, owner = ARGV[1], ARGV[2]
 local lease = tonumber(ARGV[3])
@@ -41,6 +47,16 @@ if not full and not redis.call("ZSCORE", OWNERS, owner) then
 end
 
 local function khash(key) return P .. "k:" .. key end
+
+-- A store that lost everything (restart without persistence, FLUSHALL) would let this call
+-- choose on this owner's counts alone: tell every process to put its state back first.
+local rebuilt = false
+if redis.call("EXISTS", P .. "alive") == 0 then
+  redis.call("SET", P .. "alive", "1")
+  if full and action ~= "x" then
+    rebuilt = redis.call(ARGV[8], P .. "lost", owner)
+  end
+end
 
 -- Virtual times are floats; rounded to 2^-29 when compared, so that times equal as
 -- fractions (1/6 added six times, and 1) compare equal whichever way they were summed.
@@ -142,7 +158,7 @@ end
 redis.call("ZADD", OWNERS, now + lease, owner)
 
 -- Read the counted lists.
-local i = 8
+local i = 9
 local function list(width)
   local n = tonumber(ARGV[i])
   local items = {}
@@ -227,6 +243,8 @@ local function count_pick(key)
   end
   requeue(key)
 end
+
+if rebuilt then return {"REBUILT", false, rebuilt} end
 
 local picked = false
 if action == "a" or action == "t" then

@@ -7,13 +7,22 @@ and hands it to a scheduler's ``update``, which carries the runtime state over b
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbalgo.errors import InvalidBackendError, InvalidGroupError
+from lbalgo._validate import at_most, integer, is_collection, shown
+from lbalgo.errors import InvalidBackendError, InvalidGroupError, UnknownBackendError
 
-__all__ = ["MAX_BACKENDS", "MAX_WEIGHT", "Backend", "BackendGroup"]
+__all__ = [
+    "MAX_BACKENDS",
+    "MAX_HOST_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_WEIGHT",
+    "Backend",
+    "BackendGroup",
+]
 
 MAX_BACKENDS = 500
 """The most backends one group may hold (the cloud product's limit)."""
@@ -21,44 +30,84 @@ MAX_BACKENDS = 500
 MAX_WEIGHT = 100
 """The largest weight; weights are integers from 0 (no new requests) to 100."""
 
-_MAX_HOST_LENGTH = 253  # the longest DNS name
+MAX_HOST_LENGTH = 253
+"""The longest host name, as DNS allows (each dot-separated label at most 63 characters)."""
+
+MAX_NAME_LENGTH = 255
+"""The longest backend ``name`` (it becomes the key in logs, metrics and a Redis ledger)."""
+
+_MAX_LABEL_LENGTH = 63
+_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _CONFIG_FIELDS = frozenset({"host", "port", "weight", "name"})
 
 
-def _check_int(field_name: str, value: object, low: int, high: int) -> int:
-    # bool is an int subclass, but weight=True is a mistake, not a weight of 1
-    if type(value) is not int or not low <= value <= high:
-        raise InvalidBackendError(
-            f"{field_name} must be an integer from {low} to {high}, got {value!r}"
-        )
-    return value
+def _bad_host(rule: str, host: object) -> InvalidBackendError:
+    return InvalidBackendError(f"host must be {rule}, got {shown(host)}")
 
 
-def _check_host(host: object) -> str:
+def _canonical_host(host: object) -> str:
+    """Check ``host`` and return its canonical form for the key: an IP address in its one
+    spelling (IPv4-mapped IPv6 as IPv4, IPv6 lowercased and compressed), a DNS name in lower
+    case without a trailing dot. Length is checked first, so a huge string costs O(1)."""
     if not isinstance(host, str) or not host:
-        raise InvalidBackendError(f"host must be a non-empty string, got {host!r}")
-    if len(host) > _MAX_HOST_LENGTH or not host.isprintable() or any(c.isspace() for c in host):
-        raise InvalidBackendError(
-            f"host must be an IP address or DNS name without spaces, got {host!r}"
-        )
+        raise _bad_host("a non-empty string", host)
+    if len(host) > MAX_HOST_LENGTH + 1:  # + 1: a fully qualified name may end with a dot
+        raise _bad_host(f"at most {MAX_HOST_LENGTH} characters (a DNS name)", host)
+    if _is_dotted_quad(host):
+        return host  # already canonical: the common case, without ipaddress's cost
     if host.startswith("["):
-        raise InvalidBackendError(f"host must be given without brackets, got {host!r}")
+        raise _bad_host("given without brackets", host)
     if ":" in host:
         # only an IPv6 address may contain a colon; "10.0.0.1:80" is a host with a port in it
         try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
+            v6 = ipaddress.IPv6Address(host)
         except ValueError:
-            raise InvalidBackendError(
-                f"host must not contain a port or be a malformed IPv6 address, got {host!r}"
-            ) from None
-    return host
+            raise _bad_host("an IPv6 address if it has a colon (no port)", host) from None
+        if v6.ipv4_mapped is not None and v6.scope_id is None:
+            return str(v6.ipv4_mapped)  # the same endpoint as the IPv4 address
+        return str(v6)
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if len(name) > MAX_HOST_LENGTH or not all(
+        len(label) <= _MAX_LABEL_LENGTH and _LABEL.fullmatch(label) for label in labels
+    ):
+        raise _bad_host(
+            "an IP address or a DNS name (labels of letters, digits, '-' and '_', "
+            f"1 to {_MAX_LABEL_LENGTH} characters, {MAX_HOST_LENGTH} in all)",
+            host,
+        )
+    if labels[-1].isdigit():
+        # "10.1" or "010.0.0.1": an IPv4 address to inet_aton (octal, short forms), which a
+        # resolver may read otherwise than we would: refused rather than guessed
+        raise _bad_host("an IPv4 address in dotted-quad form or a DNS name", host)
+    return name.lower()
+
+
+def _is_dotted_quad(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(
+        part.isascii() and part.isdigit() and len(part) <= 3 and int(part) < 256
+        and (part == "0" or part[0] != "0")  # no leading zero: inet_aton reads it as octal
+        for part in parts
+    )  # fmt: skip
 
 
 def _check_name(name: object) -> str | None:
     if name is None:
         return None
-    if not isinstance(name, str) or not name or not name.isprintable():
-        raise InvalidBackendError(f"name must be a non-empty printable string, got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= MAX_NAME_LENGTH
+        or not name.isprintable()
+    ):
+        raise InvalidBackendError(
+            f"name must be a printable string of 1 to {MAX_NAME_LENGTH} characters, "
+            f"got {shown(name)}"
+        )
     return name
 
 
@@ -78,6 +127,9 @@ class Backend:
     '[2001:db8::1]:443'
     >>> Backend("10.0.0.1", 80, name="web-1").with_weight(0)
     Backend(host='10.0.0.1', port=80, weight=0, name='web-1')
+    >>> b = Backend("::FFFF:10.0.0.1", 80)
+    >>> b.key, b.host, b.address
+    ('10.0.0.1:80', '::FFFF:10.0.0.1', '[::FFFF:10.0.0.1]:80')
     """
 
     host: str
@@ -87,16 +139,16 @@ class Backend:
     _key: str = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        _check_host(self.host)
-        _check_int("port", self.port, 1, 65535)
-        _check_int("weight", self.weight, 0, MAX_WEIGHT)
+        host = _canonical_host(self.host)
+        integer("port", self.port, 1, 65535, error=InvalidBackendError)
+        integer("weight", self.weight, 0, MAX_WEIGHT, error=InvalidBackendError)
         _check_name(self.name)
         if self.name is not None:
             key = self.name
-        elif ":" in self.host:
-            key = f"[{self.host}]:{self.port}"
+        elif ":" in host:
+            key = f"[{host}]:{self.port}"
         else:
-            key = f"{self.host}:{self.port}"
+            key = f"{host}:{self.port}"
         # cached because schedulers look the key up on every release
         object.__setattr__(self, "_key", key)
 
@@ -119,6 +171,13 @@ class Backend:
         7
         """
         return Backend(self.host, self.port, weight, name=self.name)
+
+
+def _too_many() -> str:
+    return (
+        f"entry {MAX_BACKENDS} (the {MAX_BACKENDS + 1}st backend) is one too many: "
+        f"a group holds at most {MAX_BACKENDS} backends"
+    )
 
 
 class BackendGroup:
@@ -146,22 +205,24 @@ class BackendGroup:
     _hash: int | None
 
     def __init__(self, backends: Iterable[Backend] = ()) -> None:
-        if isinstance(backends, (str, bytes, Mapping)) or not isinstance(backends, Iterable):
+        if not is_collection(backends):
             raise InvalidGroupError(
                 f"backends must be an iterable of Backend, got {type(backends).__name__}"
             )
-        items = tuple(backends)
+        # read no further than one entry too many: an endless generator fails at once
+        items = tuple(at_most(backends, MAX_BACKENDS))
         if len(items) > MAX_BACKENDS:
-            raise InvalidGroupError(
-                f"a group holds at most {MAX_BACKENDS} backends, got {len(items)}"
-            )
+            raise InvalidGroupError(_too_many())
         by_key: dict[str, Backend] = {}
         for index, backend in enumerate(items):
             if not isinstance(backend, Backend):
-                raise InvalidGroupError(f"entry {index}: expected a Backend, got {backend!r}")
+                raise InvalidGroupError(
+                    f"entry {index}: expected a Backend, got {shown(backend)}"
+                )
             if backend.key in by_key:
                 raise InvalidGroupError(
-                    f"entry {index}: duplicate backend key {backend.key!r}"
+                    f"entry {index}: duplicate backend key {backend.key!r} "
+                    f"(host {backend.host!r} port {backend.port})"
                 )
             by_key[backend.key] = backend
         object.__setattr__(self, "_backends", items)
@@ -185,17 +246,22 @@ class BackendGroup:
         ...
         lbalgo.errors.InvalidGroupError: entry 0: weight must be an integer from 0 to 100, got 500
         """
-        if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Sequence):
+        if not isinstance(data, Sequence) or not is_collection(data):
             raise InvalidGroupError(
                 f"config must be a list of backend entries, got {type(data).__name__}"
             )
+        entries = at_most(data, MAX_BACKENDS)
+        if len(entries) > MAX_BACKENDS:
+            raise InvalidGroupError(_too_many())
         backends = []
-        for index, entry in enumerate(data):
+        for index, entry in enumerate(entries):
             if not isinstance(entry, Mapping):
-                raise InvalidGroupError(f"entry {index}: expected a mapping, got {entry!r}")
-            unknown = sorted(str(k) for k in entry if k not in _CONFIG_FIELDS)
-            if unknown:
-                raise InvalidGroupError(f"entry {index}: unknown field {unknown[0]!r}")
+                raise InvalidGroupError(
+                    f"entry {index}: expected a mapping, got {shown(entry)}"
+                )
+            unknown = next((k for k in entry if k not in _CONFIG_FIELDS), None)
+            if unknown is not None:
+                raise InvalidGroupError(f"entry {index}: unknown field {shown(unknown)}")
             for required in ("host", "port"):
                 if required not in entry:
                     raise InvalidGroupError(f"entry {index}: missing field {required!r}")
@@ -235,7 +301,7 @@ class BackendGroup:
         for position, backend in enumerate(self._backends):
             if backend.key == key:
                 return position
-        raise KeyError(key)
+        raise UnknownBackendError(key)
 
     def with_backend(self, backend: Backend) -> BackendGroup:
         """A new group with ``backend`` added at the end, or replacing the backend of the same
@@ -249,13 +315,13 @@ class BackendGroup:
     def without(self, key: str) -> BackendGroup:
         """A new group without the backend of that key (``KeyError`` naming the key if absent)."""
         if key not in self._by_key:
-            raise KeyError(key)
+            raise UnknownBackendError(key)
         return BackendGroup(b for b in self._backends if b.key != key)
 
     def with_weight(self, key: str, weight: int) -> BackendGroup:
         """A new group in which the backend of that key has another weight."""
         if key not in self._by_key:
-            raise KeyError(key)
+            raise UnknownBackendError(key)
         return self.with_backend(self._by_key[key].with_weight(weight))
 
     def __len__(self) -> int:
@@ -270,7 +336,10 @@ class BackendGroup:
         return key in self._by_key
 
     def __getitem__(self, key: str) -> Backend:
-        return self._by_key[key]
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise UnknownBackendError(key) from None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BackendGroup):

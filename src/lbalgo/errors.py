@@ -12,8 +12,11 @@ __all__ = [
     "InvalidBackendError",
     "InvalidGroupError",
     "InvalidOptionError",
+    "InvalidTypeError",
     "LbalgoError",
+    "LedgerUnavailable",
     "NoBackendAvailable",
+    "UnknownBackendError",
 ]
 
 
@@ -67,15 +70,67 @@ class NoBackendAvailable(LbalgoError, LookupError):
 
 
 class InvalidOptionError(LbalgoError, ValueError):
-    """An option outside its documented range: the message names the option and the value.
+    """A bad option or argument value (``slow_start=-1``, ``ttl=10**400``, ``tries=0``, a
+    Redis URL that does not parse): the message names the field and the bad value.
 
-    >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
-    >>> from lbalgo.health import HealthChecker, tcp
-    >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
-    >>> HealthChecker(sched, tcp(), interval=0.5)
-    Traceback (most recent call last):
-    ...
-    lbalgo.errors.InvalidOptionError: interval must be a number of seconds from 1 to 50, got 0.5
+    Raised by constructors before anything is built and by methods before anything changes.
+    Also a ``ValueError``, as the standard library would raise.
+
+    >>> from lbalgo import RedisLedger
+    >>> try:
+    ...     RedisLedger("redis://127.0.0.1:6379/0", namespace="web", lease_timeout=10**400)
+    ... except InvalidOptionError as error:
+    ...     print(isinstance(error, ValueError), error)
+    True lease_timeout must be a number of seconds from 0.1 to 86400, got an integer of 401 digits
+    """
+
+
+class InvalidTypeError(LbalgoError, TypeError):
+    """An argument of the wrong type where no value of that type could mean anything
+    (``release("10.0.0.1:80")`` instead of a ``Backend``, ``exclude=5``, a ``keys``
+    argument that is not an iterable of strings): the message names
+    the argument and the value. Also a ``TypeError``.
+
+    >>> from lbalgo import RedisLedger
+    >>> ledger = RedisLedger("redis://127.0.0.1:6379/0", namespace="web")
+    >>> try:
+    ...     ledger.counts(5)
+    ... except InvalidTypeError as error:
+    ...     print(isinstance(error, TypeError), error)
+    True keys must be an iterable of backend keys (str), got 5
+    >>> ledger.close()
+    """
+
+
+class UnknownBackendError(LbalgoError, KeyError):
+    """No backend of that key in the group (``mark_down``, ``group[key]``,
+    ``group.without``...). Also a ``KeyError`` naming the key.
+
+    >>> from lbalgo import Backend, BackendGroup
+    >>> try:
+    ...     BackendGroup([Backend("10.0.0.1", 80)]).without("10.0.0.9:80")
+    ... except KeyError as error:
+    ...     print(type(error).__name__, error)
+    UnknownBackendError '10.0.0.9:80'
+    """
+
+    def __str__(self) -> str:
+        # KeyError shows repr(key), which fails for an integer of over 4,300 digits
+        from lbalgo._validate import shown  # a cycle at import time: _validate uses errors
+
+        return shown(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class LedgerUnavailable(LbalgoError, ConnectionError):
+    """A shared ledger's store (Redis) cannot be reached: nothing was counted.
+
+    Raised by ``pick``/``connection`` of a scheduler using a :class:`~lbalgo.RedisLedger`
+    (and by ``RedisLedger.count``) while Redis is down, unreachable or not answering (on a
+    Cluster: while the master of the namespace's slot is); the ledger recovers by itself
+    once Redis answers again. Also a ``ConnectionError``.
+
+    >>> issubclass(LedgerUnavailable, ConnectionError)
+    True
     """
 
 

@@ -18,7 +18,9 @@ from collections.abc import Set as AbstractSet
 from typing import Protocol, runtime_checkable
 
 from lbalgo._slowstart import RAMP_STEPS
-from lbalgo.backend import MAX_WEIGHT
+from lbalgo._validate import at_most, integer, is_collection, shown
+from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT
+from lbalgo.errors import InvalidOptionError, InvalidTypeError
 
 __all__ = ["MAX_FINE_WEIGHT", "ConnectionLedger", "IncrementalLedger", "checked_eligible"]
 
@@ -155,26 +157,32 @@ class IncrementalLedger(ConnectionLedger, Protocol):
 
 def checked_eligible(weights: Iterable[tuple[str, int]]) -> dict[str, int]:
     """An eligible set as :meth:`ConnectionLedger.set_eligible` receives it, checked: a dict
-    from key to weight in the given order, O(n). ``ValueError`` naming the key and the value
-    for a weight outside 1..3200 (``MAX_WEIGHT * RAMP_STEPS``) or a key listed twice; every
-    ledger checks before it changes anything.
+    from key to weight in the given order, O(n). :class:`~lbalgo.InvalidOptionError` (a
+    ``ValueError``) naming the key and the value for a weight outside 1..3200
+    (``MAX_WEIGHT * RAMP_STEPS``), a key listed twice or more than ``MAX_BACKENDS`` pairs
+    (an iterable is read no further); :class:`~lbalgo.InvalidTypeError` for an entry that
+    is not a ``(str, int)`` pair. Every ledger checks before it changes anything.
 
     >>> checked_eligible([("a", 32), ("b", 96)])
     {'a': 32, 'b': 96}
     >>> checked_eligible([("a", 32), ("a", 1)])
     Traceback (most recent call last):
     ...
-    ValueError: key 'a' is listed twice
+    lbalgo.errors.InvalidOptionError: key 'a' is listed twice
     """
+    if not is_collection(weights):
+        raise InvalidTypeError(f"weights must be (key, weight) pairs, got {shown(weights)}")
+    entries = at_most(weights, MAX_BACKENDS)
+    if len(entries) > MAX_BACKENDS:
+        raise InvalidOptionError(f"weights holds at most {MAX_BACKENDS} pairs, got more")
     eligible: dict[str, int] = {}
-    for key, weight in weights:
-        if type(weight) is not int or not 1 <= weight <= MAX_FINE_WEIGHT:
-            raise ValueError(
-                f"weight of {key!r} must be an integer from 1 to {MAX_FINE_WEIGHT}, got {weight!r}"
-            )
+    for entry in entries:
+        if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], str):
+            raise InvalidTypeError(f"weights must be (key, weight) pairs, got {shown(entry)}")
+        key, weight = entry
         if key in eligible:
-            raise ValueError(f"key {key!r} is listed twice")
-        eligible[key] = weight
+            raise InvalidOptionError(f"key {shown(key)} is listed twice")
+        eligible[key] = integer(f"weight of {shown(key)}", weight, 1, MAX_FINE_WEIGHT)
     return eligible
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from heapq import heappop, heappush
 
+from lbalgo._validate import integer, shown
 from lbalgo._wf2q import BUSY, IDLE, OUT, PENDING, READY, WF2QSchedule
 from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
 
@@ -123,8 +124,9 @@ class LocalLedger(WF2QSchedule):
         last :meth:`set_eligible`): the caller then lists the whole set again. A weight that
         does not divide the scale ``M`` grows it (O(n) once: every start is rescaled
         exactly), and past ``2**64`` times the scale of the last :meth:`set_eligible` the
-        ledger is rebuilt as that call would. ``ValueError`` naming the key and the value
-        for a weight outside 0..3200, with nothing changed.
+        ledger is rebuilt as that call would. :class:`~lbalgo.InvalidOptionError` (a
+        ``ValueError``) naming the key and the value for a weight outside 0..3200, with
+        nothing changed.
 
         >>> ledger = LocalLedger()
         >>> ledger.set_eligible([("a", 3), ("b", 1)])
@@ -133,10 +135,7 @@ class LocalLedger(WF2QSchedule):
         >>> ledger.acquire(), ledger.set_weight("c", 1)
         ('a', False)
         """
-        if type(weight) is not int or not 0 <= weight <= MAX_FINE_WEIGHT:
-            raise ValueError(
-                f"weight of {key!r} must be an integer from 0 to {MAX_FINE_WEIGHT}, got {weight!r}"
-            )
+        integer(f"weight of {shown(key)}", weight, 0, MAX_FINE_WEIGHT)
         pos = self._index.get(key)
         if pos is None:
             return not weight  # 0 for a key that is not eligible: nothing to do

@@ -15,89 +15,34 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from importlib import resources
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from lbalgo.errors import LbalgoError
+from lbalgo._redis_link import (
+    Link,
+    call_in_forked_child,
+    check_cluster,
+    check_lease_timeout,
+    check_namespace,
+    check_url,
+)
+from lbalgo._validate import at_most, shown
+from lbalgo.backend import MAX_BACKENDS
+from lbalgo.errors import InvalidOptionError, InvalidTypeError, LedgerUnavailable
 from lbalgo.ledger import checked_eligible
-
-if TYPE_CHECKING:
-    import redis
-    from redis.commands.core import Script
 
 __all__ = ["LedgerUnavailable", "RedisLedger"]
 
 _log = logging.getLogger("lbalgo.redis_ledger")
 
-_SCHEMES = ("redis", "rediss", "unix")
-_MAX_NAMESPACE = 200
-_MIN_LEASE, _MAX_LEASE = 0.1, 86_400.0
 _BACKOFF = 0.5  # seconds a failed call keeps the ledger failing fast before trying again
-_DEFAULT_TIMEOUT = 1.0  # socket timeouts unless the URL sets them: a pick must not hang
-
-
-class LedgerUnavailable(LbalgoError, ConnectionError):
-    """A shared ledger's store (Redis) cannot be reached: nothing was counted.
-
-    Raised by ``pick``/``connection`` of a scheduler using a :class:`RedisLedger` (and by
-    ``RedisLedger.count``) while Redis is down, unreachable or not answering; the ledger
-    recovers by itself once Redis answers again. Also a ``ConnectionError``.
-
-    >>> issubclass(LedgerUnavailable, ConnectionError)
-    True
-    """
-
-
-def _check_url(url: object) -> str:
-    if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
-        raise ValueError(f"url must be a redis://, rediss:// or unix:// URL, got {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError(f"url must give the socket's path (unix:///path), got {url!r}")
-    if parts.scheme != "unix" and not re.fullmatch(r"/?|/\d+", parts.path):
-        raise ValueError(f"url must end with a database number (/0), if anything, got {url!r}")
-    return url
-
-
-def _check_namespace(namespace: object) -> str:
-    if (
-        not isinstance(namespace, str)
-        or not namespace
-        or len(namespace) > _MAX_NAMESPACE
-        or not namespace.isprintable()
-        or any(c in "{} " for c in namespace)
-    ):
-        raise ValueError(
-            f"namespace must be a non-empty printable string of at most {_MAX_NAMESPACE} "
-            f"characters without spaces or braces, got {namespace!r}"
-        )
-    return namespace
-
-
-def _check_lease_timeout(lease_timeout: object) -> float:
-    if (
-        isinstance(lease_timeout, bool)
-        or not isinstance(lease_timeout, (int, float))
-        or not _MIN_LEASE <= lease_timeout <= _MAX_LEASE
-    ):
-        raise ValueError(
-            f"lease_timeout must be a number of seconds from {_MIN_LEASE} to {_MAX_LEASE:.0f}, "
-            f"got {lease_timeout!r}"
-        )
-    return float(lease_timeout)
-
-
-def _load_script() -> str:
-    return resources.files("lbalgo").joinpath("_redis_ledger.lua").read_text(encoding="utf-8")
+_REBUILD_WAIT = 1.0  # at most this long a call that found the store empty waits for the fleet
+_MAX_KEYS = 2 * MAX_BACKENDS  # keys one counts() call may ask about (two groups' worth)
 
 
 class RedisLedger:
@@ -107,46 +52,47 @@ class RedisLedger:
     (``ledger=RedisLedger(url, namespace="web")``); every pick then follows the least-ratio
     rule on the fleet's total open connections per backend key.
 
-    How: Redis keeps the keys some live process may pick in a sorted set ordered by
-    ``count / weight``, ties ordered by a fleet-wide WF2Q schedule (the rule of
-    :class:`~lbalgo.LocalLedger`, with ties the schedule cannot break going by key rather
-    than by group order). ``acquire`` runs one Lua script (EVALSHA, loaded again on
-    NOSCRIPT) that walks that set from the lowest ratio, skipping keys this process may
-    not use (down, excluded, weight 0 here), picks, and counts: one round trip, O(log n + s)
-    in Redis for s skipped keys. ``release`` is one round trip too. Ratios are compared as
-    cross-multiplied integers; the virtual times of the tie-break are floats.
+    How: Redis keeps the keys some live process may pick in a sorted set by ``count /
+    weight``, ties ordered by a fleet-wide WF2Q schedule (:class:`~lbalgo.LocalLedger`'s
+    rule; ties it cannot break go by key). ``acquire`` is one Lua script (EVALSHA) that walks
+    that set from the lowest ratio, skipping keys this process may not use, picks and
+    counts: one round trip, O(log n + s) in Redis for s skipped keys; ``release`` is one
+    round trip too. Ratios are compared as cross-multiplied integers.
 
-    Crash safety: this process holds its connections under an owner id with a lease that
-    every call renews, and a daemon thread renews it every ``lease_timeout / 4`` seconds
-    while the process is idle. When a process dies with connections open, the next call of
-    any other process after ``lease_timeout`` seconds without a heartbeat reclaims them; an
-    owner that was reclaimed while alive (paused longer than ``lease_timeout``) puts its
-    connections back on its next call. Counts never go negative, and a connection is never
-    released twice.
+    Crash safety: this process's connections are held under an owner id with a lease that
+    every call renews (a daemon thread renews it every ``lease_timeout / 4`` s while idle);
+    a process silent for ``lease_timeout`` seconds is reclaimed by the next call of any
+    other, and one reclaimed while alive (paused) puts its connections back on its next
+    call. Counts never go negative; a connection is never released twice.
 
     Redis unreachable: ``acquire``, ``take`` and ``count`` raise :class:`LedgerUnavailable`
-    (and fail fast for half a second after a failure rather than waiting on the network
-    each time); nothing is counted then (a script that ran but whose answer was lost is
-    undone by the next call, which sends this process's full state); ``release`` never
-    raises: it is applied when Redis answers again. When Redis
-    comes back empty (restarted without persistence), each process puts its own open
-    connections and eligible set back on its next call.
+    (failing fast for half a second after a failure); nothing is counted then (a script
+    whose answer was lost is undone by the next call, which sends the full state);
+    ``release`` never raises and is applied when Redis answers again. Redis empty again
+    (restarted without persistence, FLUSHALL, a failover to a replica that lagged): the
+    first call that finds it empty puts this process's state back and tells every process
+    on the namespace (pub/sub), which put theirs back at once; it waits (at most 1 s) until
+    they have before it picks, so no pick is made on a partial fleet.
 
     ``url``: ``redis://``, ``rediss://`` or ``unix://`` (query options such as
     ``?socket_timeout=0.2`` pass to redis-py; both socket timeouts default to 1 s).
-    ``namespace``: the fleet's name; processes with the same Redis and namespace share
-    counts (keys live under ``lbalgo:{namespace}:``, one cluster hash slot). ``lease_timeout``:
-    seconds from 0.1 to 86400. Bad values raise ``ValueError`` naming the field and value.
-    One ledger per scheduler; call :meth:`close` on shutdown to hand the connections back.
+    ``namespace``: the fleet's name; every key lives under ``lbalgo:{namespace}:``, one
+    hash slot. ``lease_timeout``: seconds from 0.1 to 86400. ``cluster=True``: ``url`` is
+    any node of a Redis Cluster (there is no URL form for it); each namespace lives on the
+    master of its slot, so each call is still one atomic script (Redis 7 for the sharded
+    news channel). Bad values raise :class:`~lbalgo.InvalidOptionError` (a ``ValueError``)
+    naming the field and value. One ledger per scheduler; :meth:`close` on shutdown hands
+    the connections back. See ``docs/fleet.md`` (Sentinel, failovers).
 
     >>> RedisLedger("http://localhost", namespace="web")
     Traceback (most recent call last):
     ...
-    ValueError: url must be a redis://, rediss:// or unix:// URL, got 'http://localhost'
-    >>> RedisLedger("redis://127.0.0.1:6379/0", namespace="web", lease_timeout=0)
+    lbalgo.errors.InvalidOptionError: url must be a redis://, rediss:// or unix:// URL,
+    got 'http://localhost'
+    >>> RedisLedger("redis://127.0.0.1:6379/0", namespace="web", cluster="yes")
     Traceback (most recent call last):
     ...
-    ValueError: lease_timeout must be a number of seconds from 0.1 to 86400, got 0
+    lbalgo.errors.InvalidOptionError: cluster must be True or False, got 'yes'
     """
 
     _owner: str
@@ -163,17 +109,20 @@ class RedisLedger:
     _stop: threading.Event
     _thread: threading.Thread | None
 
-    def __init__(self, url: str, *, namespace: str, lease_timeout: float = 30.0) -> None:
-        self._url = _check_url(url)
-        self._namespace = _check_namespace(namespace)
-        self._lease_timeout = _check_lease_timeout(lease_timeout)
+    def __init__(
+        self, url: str, *, namespace: str, lease_timeout: float = 30.0, cluster: bool = False
+    ) -> None:
+        cluster = check_cluster(cluster)
+        self._url = check_url(url, cluster)
+        self._namespace = check_namespace(namespace)
+        self._lease_timeout = check_lease_timeout(lease_timeout)
         self._prefix = f"lbalgo:{{{self._namespace}}}:"
-        self._client = self._connect()
-        self._script: Script = self._client.register_script(_load_script())
+        self._link = Link(self._url, cluster, self._prefix + "lost")
+        self._link.check_usable()
         self._lock = threading.Lock()
         self._closed = False
         self._reset()
-        _LIVE.add(self)
+        call_in_forked_child(self._after_fork)
 
     # -- the ConnectionLedger interface ------------------------------------------------------
 
@@ -212,6 +161,8 @@ class RedisLedger:
         """Count one connection on ``key`` chosen by the caller (a sticky session), moving
         it along the tie-break schedule as :meth:`acquire` would. One round trip; raises
         :class:`LedgerUnavailable` when Redis cannot be reached (nothing counted)."""
+        if not isinstance(key, str):
+            raise InvalidTypeError(f"key must be a backend key (str), got {shown(key)}")
         with self._lock:
             self._call("t", take=key)
             self._held[key] = self._held.get(key, 0) + 1
@@ -241,8 +192,19 @@ class RedisLedger:
         return self.counts([key])[key]
 
     def counts(self, keys: Iterable[str]) -> dict[str, int]:
-        """The fleet's open connections for each of ``keys``, in one round trip."""
-        wanted = list(dict.fromkeys(keys))
+        """The fleet's open connections for each of ``keys``, in one round trip. At most
+        1,000 keys (an iterable is read no further); a non-string key or more keys raise
+        :class:`~lbalgo.InvalidTypeError` / :class:`~lbalgo.InvalidOptionError`."""
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise InvalidTypeError(
+                f"keys must be an iterable of backend keys (str), got {shown(keys)}"
+            )
+        wanted = list(dict.fromkeys(at_most(keys, _MAX_KEYS)))
+        if len(wanted) > _MAX_KEYS:
+            raise InvalidOptionError(f"keys must be at most {_MAX_KEYS} keys, got more")
+        for key in wanted:
+            if not isinstance(key, str):
+                raise InvalidTypeError(f"keys must be backend keys (str), got {shown(key)}")
         with self._lock:
             _, values = self._call("", counted=wanted)
         return dict(zip(wanted, values, strict=True))
@@ -271,6 +233,18 @@ class RedisLedger:
         return self._namespace
 
     @property
+    def client(self) -> Any:
+        """The redis-py client this ledger talks through (``redis.Redis``, or
+        ``redis.cluster.RedisCluster`` with ``cluster=True``), built on first use: for
+        monitoring (``INFO``), never for changing the ledger's keys."""
+        return self._link.client()
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this ledger talks to a Redis Cluster."""
+        return self._link.cluster
+
+    @property
     def lease_timeout(self) -> float:
         """Seconds without a heartbeat after which this process's connections are reclaimed."""
         return self._lease_timeout
@@ -291,7 +265,7 @@ class RedisLedger:
                 except LedgerUnavailable:
                     _log.warning("close: Redis unreachable; leases of %s expire", self._owner)
             self._held.clear()
-        self._client.close()
+        self._link.close()
 
     def __enter__(self) -> RedisLedger:
         return self
@@ -306,31 +280,6 @@ class RedisLedger:
         )
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _connect(self) -> redis.Redis:
-        try:
-            import redis  # the optional extra; see the module docstring
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError as exc:  # pragma: no cover - exercised only without the extra
-            raise ImportError(
-                "RedisLedger needs redis-py: pip install 'lbalgo[redis]'"
-            ) from exc
-        query = urlsplit(self._url).query
-        options: dict[str, Any] = {
-            # No silent retries inside redis-py: a script re-sent after a lost reply would be
-            # applied twice. This class retries itself, with a replayable full-state call.
-            "retry": Retry(NoBackoff(), 0),
-        }
-        for option in ("socket_timeout", "socket_connect_timeout"):
-            if option not in query:
-                options[option] = _DEFAULT_TIMEOUT
-        self._network_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self._refused = redis.exceptions.ResponseError
-        try:
-            return redis.Redis.from_url(self._url, **options)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"url is not a usable Redis URL ({exc}), got {self._url!r}") from None
 
     def _reset(self) -> None:
         """Fresh per-process state: a new owner id, nothing held (at start and after fork)."""
@@ -371,27 +320,48 @@ class RedisLedger:
             full = not self._synced
             args = self._arguments(full, action, excluded, take, counted)
             try:
-                reply = self._script(keys=[self._prefix + "q"], args=args)
-            except self._refused as exc:
-                self._synced = False
-                raise LedgerUnavailable(f"Redis at {self._url} refused the ledger: {exc}") from exc
-            except self._network_errors as exc:
+                reply = self._link.run(self._prefix + "q", args)
+            except self._link.network_errors as exc:
                 # the reply is lost, the script may or may not have run: resend everything
                 self._synced = False
-                if attempts > 0 and isinstance(exc, self._network_errors[0]):
+                if attempts > 0 and isinstance(exc, self._link.reconnectable):
                     continue  # a pooled connection from before a Redis restart
                 self._down_until = time.monotonic() + _BACKOFF
                 raise LedgerUnavailable(f"Redis at {self._url} unreachable: {exc}") from exc
+            except self._link.refused as exc:
+                self._synced = False
+                raise LedgerUnavailable(f"Redis at {self._url} refused the ledger: {exc}") from exc
             status = reply[0]
             if status == b"LOST" and attempts > 0:
                 self._synced = False  # Redis forgot this owner: put its state back
                 continue
+            if status == b"REBUILT":
+                # The store had lost everything (restart without persistence, FLUSHALL) and
+                # this call put this process's state back and told the fleet: wait for the
+                # others to do the same before choosing on counts that would miss theirs.
+                # others: the news reached them (our own watcher is not one of them)
+                others = int(reply[2]) - (1 if self._link.subscribed else 0)
+                self._link.wait_for_fleet(
+                    self._prefix + "owners",
+                    others,
+                    min(_REBUILD_WAIT, self._lease_timeout / 4),
+                    restarted=self._last_call > -math.inf,  # it had state there before
+                )
+                self._synced, full, attempts = True, False, 1
+                self._mark_applied(True)
+                continue
             if status != b"OK":
-                raise LedgerUnavailable(f"Redis ledger answered {reply!r}")
+                raise LedgerUnavailable(f"Redis ledger answered {shown(reply)}")
             break
+        self._synced = True
+        self._mark_applied(full)
+        picked = reply[1]
+        return (None if picked is None else picked.decode()), [int(v) for v in reply[2:]]
+
+    def _mark_applied(self, full: bool) -> None:
+        """Redis now has what the call sent: note it, and start the watcher thread."""
         self._down_until = -math.inf
         self._last_call = time.monotonic()
-        self._synced = True
         if full or self._eligible_dirty:
             self._declared = dict(self._eligible)
             self._eligible_dirty = False
@@ -406,9 +376,9 @@ class RedisLedger:
                     self._applied.pop(key, None)
         self._dirty.clear()
         if self._thread is None and not self._closed:
-            self._start_heartbeat()
-        picked = reply[1]
-        return (None if picked is None else picked.decode()), [int(v) for v in reply[2:]]
+            self._thread = self._link.start_watcher(
+                self, self._stop, self._lease_timeout / 4, self._owner
+            )
 
     def _arguments(
         self,
@@ -418,17 +388,10 @@ class RedisLedger:
         take: str,
         counted: Sequence[str],
     ) -> list[str | int]:
-        args: list[str | int] = [
-            self._prefix,
-            self._owner,
-            repr(self._lease_timeout),
-            "1" if full else "0",
-            action,
-            max(self._total, 1),
-            take,
-            len(excluded),
-            *excluded,
-        ]
+        # the order _redis_ledger.lua reads them in (see its header)
+        args: list[str | int] = [self._prefix, self._owner, repr(self._lease_timeout)]
+        args += ["1" if full else "0", action, max(self._total, 1), take]
+        args += ["SPUBLISH" if self._link.cluster else "PUBLISH", len(excluded), *excluded]
         if full:
             held: list[str | int] = [x for item in self._held.items() for x in item]
             changes: list[str | int] = [x for item in self._eligible.items() for x in item]
@@ -460,15 +423,6 @@ class RedisLedger:
         except LedgerUnavailable as exc:
             _log.warning("ledger call failed, releases kept pending: %s", exc)
 
-    def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(
-            target=_heartbeat,
-            args=(weakref.ref(self), self._stop, self._lease_timeout / 4),
-            name=f"lbalgo-ledger-heartbeat-{self._namespace}",
-            daemon=True,
-        )
-        self._thread.start()
-
     def _beat(self, interval: float) -> None:
         """One heartbeat: renew the lease (and flush pending releases) unless a call did."""
         with self._lock:
@@ -476,32 +430,20 @@ class RedisLedger:
                 return
             self._flush()  # the same call renews the lease and sends pending releases
 
+    def _resync(self) -> None:
+        """Another process found the store empty (or this watcher's subscription broke):
+        put this process's full state back now, not at the next heartbeat."""
+        with self._lock:
+            self._synced = False
+            self._down_until = -math.inf
+            self._flush()
+
     def _after_fork(self) -> None:
         # The child holds none of the parent's connections and must not share its owner id
         # (or its socket pool, which redis-py replaces on first use in a new pid).
         eligible = self._eligible
         self._lock = threading.Lock()
+        self._link.subscribed = False  # the watcher thread did not come along
         self._reset()
         self._eligible, self._total = eligible, sum(eligible.values())
 
-
-def _heartbeat(ref: weakref.ref[RedisLedger], stop: threading.Event, interval: float) -> None:
-    # holds only a weak reference, so a forgotten ledger can still be collected
-    while not stop.wait(interval):
-        ledger = ref()
-        if ledger is None:
-            return
-        ledger._beat(interval)
-        del ledger
-
-
-_LIVE: weakref.WeakSet[RedisLedger] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for ledger in list(_LIVE):
-        ledger._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lbalgo._options import normalize_exclude
-from lbalgo.errors import NoBackendAvailable
+from lbalgo._validate import integer, shown
+from lbalgo.errors import InvalidTypeError, NoBackendAvailable
 from lbalgo.scheduler import Client, Exclude, Lease, Scheduler
 
 __all__ = ["attempts"]
 
+
+MAX_TRIES = 1_000_000  # more tries than backends simply end early; this bounds the argument
 
 def attempts(
     scheduler: Scheduler,
@@ -40,8 +43,9 @@ def attempts(
     start. Works with any :class:`~lbalgo.Scheduler`, including ``StickySessions`` (a retry
     moves the session to the backend that answers).
 
-    Arguments are checked when ``attempts`` is called (``ValueError`` naming ``tries``,
-    ``TypeError`` for a bad ``scheduler`` or ``exclude``), before any pick; ``client`` is
+    Arguments are checked when ``attempts`` is called (:class:`~lbalgo.InvalidOptionError`,
+    a ``ValueError``, naming ``tries`` (1 to 1,000,000); :class:`~lbalgo.InvalidTypeError`,
+    a ``TypeError``, for a bad ``scheduler`` or ``exclude``), before any pick; ``client`` is
     the scheduler's to check, at the first pick. Each attempt is one pick of the scheduler,
     with an exclude set of the keys tried so far (O(attempts) to build).
 
@@ -69,9 +73,10 @@ def attempts(
     False
     """
     if not isinstance(scheduler, Scheduler):
-        raise TypeError(f"scheduler must implement lbalgo.Scheduler, got {scheduler!r}")
-    if type(tries) is not int or tries < 1:
-        raise ValueError(f"tries must be an integer >= 1, got {tries!r}")
+        raise InvalidTypeError(
+            f"scheduler must implement lbalgo.Scheduler, got {shown(scheduler)}"
+        )
+    integer("tries", tries, 1, MAX_TRIES)
     tried = set(normalize_exclude(exclude))
     return _attempts(scheduler, client, tries, tried)
 

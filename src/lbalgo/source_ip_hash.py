@@ -27,7 +27,9 @@ from lbalgo._base import BaseScheduler
 from lbalgo._nginx_chash import MAX_TRIES, Ring, RoundRobin, servers_for
 from lbalgo._slot import Slot
 from lbalgo._table import TABLE_SIZE, RendezvousTable, table_for
+from lbalgo._validate import number, shown
 from lbalgo.backend import Backend, BackendGroup
+from lbalgo.errors import InvalidOptionError
 from lbalgo.scheduler import Client, Exclude, Lease
 
 __all__ = ["HASH_VERSION", "SourceIPHash"]
@@ -55,14 +57,8 @@ _V4_FAMILY = socket.AF_INET if STRICT_PTON else -1
 def _check_balance_factor(balance_factor: object) -> Fraction | None:
     if balance_factor is None:
         return None
-    if (
-        isinstance(balance_factor, bool)
-        or not isinstance(balance_factor, (int, float))
-        or not 1 < balance_factor < math.inf
-    ):
-        raise ValueError(
-            f"balance_factor must be None or a finite number > 1, got {balance_factor!r}"
-        )
+    # above 100 the cap never binds: a mistake, and str() below needs a number of sane size
+    number("balance_factor", balance_factor, 1, 100, above_low=True)
     # the decimal the user wrote (1.05 is 21/20), not its binary approximation
     return Fraction(str(balance_factor))
 
@@ -108,7 +104,8 @@ class SourceIPHash(BaseScheduler):
     >>> sched.pick("192.0.2.300")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: client must be an IPv4 or IPv6 address (...), got '192.0.2.300'
+    lbalgo.errors.InvalidOptionError: client must be an IPv4 or IPv6 address (...),
+    got '192.0.2.300'
     """
 
     def __init__(
@@ -123,7 +120,7 @@ class SourceIPHash(BaseScheduler):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if compat not in _COMPAT_MODES:
-            raise ValueError(f"compat must be None or 'nginx', got {compat!r}")
+            raise InvalidOptionError(f"compat must be None or 'nginx', got {shown(compat)}")
         self._compat = compat
         self._bound = _check_balance_factor(balance_factor)
         # weight each key had when last above 0: a weight-0 backend keeps its cells (or ring
@@ -227,15 +224,17 @@ class SourceIPHash(BaseScheduler):
                 if slot.key not in exclude and self._eligible(slot, now):
                     return slot
             raise self._no_backend(exclude)
-        total = self._total_open
-        # while a ramp is on, weights in units of 1/RAMP_STEPS: the cap's ratio is the same
-        # for every backend at full weight, and a ramping one's cap grows in fine steps
-        fine = self._any_ramp
-        weight_sum = self._fine_weight_sum(now) if fine else self._weight_sum
+        # The cap counts only the backends that can take this pick (API.md): an excluded,
+        # down or suspended backend's connections and weight would otherwise squeeze the
+        # others' caps, and a retry could find every eligible backend "full".
+        total, weight_sum, fine = self._room(exclude, now)
         numerator, denominator = bound.numerator, bound.denominator
+        first: Slot | None = None
         for slot in candidates:
             if slot.key in exclude or not self._eligible(slot, now):
                 continue
+            if first is None:
+                first = slot
             weight = self._fine_weight(slot, now) if fine else slot.backend.weight
             # open < ceil(c * (total + 1) * w / W), in exact integer arithmetic
             limit = numerator * (total + 1) * weight
@@ -243,7 +242,38 @@ class SourceIPHash(BaseScheduler):
             if slot.open < cap:
                 self._total_open += 1
                 return slot
+        if first is not None:
+            # with c > 1 the caps add up to more than the open connections, so one has
+            # room; should rounding ever leave none, the client's first eligible choice
+            # takes it (HAProxy and Envoy do the same) rather than failing the request
+            self._total_open += 1
+            return first
         raise self._no_backend(exclude)
+
+    def _room(self, exclude: frozenset[str], now: float) -> tuple[int, int, bool]:
+        """Open connections and total weight of the backends that can take this pick, and
+        whether weights are in fine units (a ramp is on). O(|exclude| + |down|) from the
+        running totals; O(n) while slow start or passive health may change eligibility."""
+        fine = self._any_ramp
+        if self._timed:
+            total = weight = 0
+            for slot in self._order:
+                if slot.key not in exclude and self._eligible(slot, now):
+                    total += slot.open
+                    weight += self._fine_weight(slot, now) if fine else slot.backend.weight
+            return total, weight, fine
+        blocked = self._blocked
+        total, weight = self._total_open, self._weight_sum
+        if not blocked and not exclude:
+            return total, weight, fine
+        for down in blocked:
+            total -= down.open
+        for key in exclude:
+            gone = self._slots.get(key)
+            if gone is not None and gone not in blocked:
+                total -= gone.open
+                weight -= gone.backend.weight
+        return max(total, 0), weight, fine
 
     def _released(self, slot: Slot) -> None:
         if self._total_open > 0:
@@ -335,9 +365,6 @@ class SourceIPHash(BaseScheduler):
             self._spec = servers
         self._members = tuple(slot for slot in self._order if weights.get(slot.key, 0) > 0)
         self._round_robin.sync([(slot.key, slot.backend.weight) for slot in self._order])
-
-    def _fine_weight_sum(self, now: float) -> int:
-        return sum(self._fine_weight(slot, now) for slot in self._order)
 
     def _choices(self, key: bytes) -> Iterator[Slot]:
         """The client's fixed order of choices: the backends by score at its cell (the first

@@ -7,7 +7,6 @@ remembers the answer per session key (a source address, or a cookie value) and r
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -15,9 +14,10 @@ from collections.abc import Callable, Collection, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
 from lbalgo._base import BaseScheduler
-from lbalgo._options import normalize_exclude
+from lbalgo._options import check_clock, normalize_exclude
+from lbalgo._validate import integer, seconds, shown
 from lbalgo.backend import Backend, BackendGroup
-from lbalgo.errors import NoBackendAvailable
+from lbalgo.errors import InvalidOptionError, InvalidTypeError, NoBackendAvailable
 from lbalgo.scheduler import BackendStats, Client, Exclude, Lease, Scheduler
 
 __all__ = ["StickySessions"]
@@ -27,17 +27,24 @@ __all__ = ["StickySessions"]
 _EXPIRE_PER_PICK = 2
 
 
+MAX_SESSION_KEY = 4096  # characters: a cookie value is at most about 4 KB in browsers
+MAX_SESSIONS = 100_000_000  # bindings: beyond it the map alone would not fit in memory
+
 def _session_key(client: Client) -> str:
     # a str is an opaque key (a cookie value, or an address as the proxy spells it); address
     # objects are canonicalised so that IPv4-mapped IPv6 and IPv4 name the same client
     if isinstance(client, str):
+        if len(client) > MAX_SESSION_KEY:
+            raise InvalidOptionError(
+                f"session key must be at most {MAX_SESSION_KEY} characters, got {shown(client)}"
+            )
         return client
     if isinstance(client, IPv6Address):
         mapped = client.ipv4_mapped
         return str(mapped if mapped is not None else client)
     if isinstance(client, IPv4Address):
         return str(client)
-    raise TypeError(f"session key must be a str or an IP address, got {client!r}")
+    raise InvalidTypeError(f"session key must be a str or an IP address, got {shown(client)}")
 
 
 class StickySessions:
@@ -99,13 +106,12 @@ class StickySessions:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(scheduler, Scheduler):
-            raise TypeError(f"scheduler must implement lbalgo.Scheduler, got {scheduler!r}")
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
-            raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-        if type(max_sessions) is not int or max_sessions < 1:
-            raise ValueError(f"max_sessions must be an integer >= 1, got {max_sessions!r}")
-        if not callable(clock):
-            raise ValueError(f"clock must be a callable returning seconds, got {clock!r}")
+            raise InvalidTypeError(
+                f"scheduler must implement lbalgo.Scheduler, got {shown(scheduler)}"
+            )
+        seconds("ttl", ttl, above_low=True)
+        integer("max_sessions", max_sessions, 1, MAX_SESSIONS)
+        check_clock(clock)
         self._scheduler = scheduler
         # our own schedulers can count a pick of one given backend in O(1); any other
         # Scheduler is driven through its public interface only

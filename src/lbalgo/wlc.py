@@ -15,7 +15,9 @@ import weakref
 from lbalgo._base import BaseScheduler
 from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo._slot import Slot
+from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
+from lbalgo.errors import InvalidOptionError, InvalidTypeError
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
 from lbalgo.local_ledger import LocalLedger
 from lbalgo.scheduler import Client, Clock, Exclude, Lease
@@ -116,7 +118,7 @@ class WeightedLeastConnections(BaseScheduler):
         if ledger is None:
             ledger = LocalLedger()
         elif not isinstance(ledger, ConnectionLedger):
-            raise TypeError(f"ledger must be a ConnectionLedger, got {ledger!r}")
+            raise InvalidTypeError(f"ledger must be a ConnectionLedger, got {shown(ledger)}")
         self._ledger: ConnectionLedger = ledger
         # a ledger that changes one key's weight in O(log n) hears of each change alone
         self._incremental = ledger if isinstance(ledger, IncrementalLedger) else None
@@ -127,7 +129,7 @@ class WeightedLeastConnections(BaseScheduler):
                 owner = _owners.get(id(ledger))
                 # the owner holds its ledger, so while it lives the id is that ledger's
                 if owner is not None and owner._ledger is ledger:
-                    raise ValueError(
+                    raise InvalidOptionError(
                         "ledger is already used by another WeightedLeastConnections "
                         f"(give each scheduler its own ledger object), got {ledger!r}"
                     )

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "find_redis_server"]
+__all__ = ["RedisCluster", "RedisServer", "find_redis_cli", "find_redis_server"]
 
 _START_TIMEOUT = 10.0  # seconds; a cold start on a loaded CI machine takes well under one
 
@@ -32,6 +32,16 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
     )
+
+
+def find_redis_cli() -> str | None:
+    """The path of ``redis-cli`` (Debian's ``redis-tools``), next to redis-server, or None."""
+    server = find_redis_server()
+    if server is not None:
+        beside = Path(server).with_name("redis-cli")
+        if os.access(beside, os.X_OK):
+            return str(beside)
+    return shutil.which("redis-cli")
 
 
 def _free_port() -> int:
@@ -51,12 +61,18 @@ class RedisServer:
     port accepts, nothing answers). Usable as a context manager.
     """
 
-    def __init__(self, directory: Path, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        executable: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         found = executable or find_redis_server()
         if found is None:
             raise FileNotFoundError("redis-server not found (install Debian's redis-server)")
         self.executable = found
         self.directory = Path(directory)
+        self.extra_args = extra_args
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -86,6 +102,7 @@ class RedisServer:
             "--daemonize", "no",
             "--dir", str(self.directory),
             "--logfile", str(log),
+            *self.extra_args,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -134,6 +151,121 @@ class RedisServer:
             return False
 
     def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` (3 by default, no replicas) on loopback ports, for the
+    cluster tests: each node a :class:`RedisServer` with ``--cluster-enabled yes`` in its own
+    directory, joined by ``redis-cli --cluster create``; ``start()`` waits until every node
+    reports ``cluster_state:ok``. A node stopped with ``stop_node`` loses its data (no
+    persistence) but keeps its ``nodes.conf``, so ``start_node`` brings it back into the
+    cluster with its slots, empty: a master that restarted without persistence.
+    """
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        cli = find_redis_cli()
+        if cli is None:
+            raise FileNotFoundError("redis-cli not found (install Debian's redis-tools)")
+        self.cli = cli
+        self.directory = Path(directory)
+        self.nodes = [
+            RedisServer(self.directory / f"node{index}", extra_args=self._node_args())
+            for index in range(masters)
+        ]
+
+    @staticmethod
+    def _node_args() -> tuple[str, ...]:
+        return (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            # a stopped master is noticed in a second; the others keep serving
+            "--cluster-node-timeout", "1000",
+            "--cluster-require-full-coverage", "no",
+            # the bus port is a free port of its own, not port + 10000 (which may be taken,
+            # or above 65535 for a high free port); needs Redis 7
+            "--cluster-port", str(_free_port()),
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        """The URL of the first node (any node seeds a cluster client)."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every node, create the cluster, wait until it serves every slot."""
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` (``RuntimeError``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._state(node) == "ok" for node in self.nodes if node.running):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"Redis Cluster not ok after {timeout} s")
+
+    def _state(self, node: RedisServer) -> str:
+        out = subprocess.run(
+            [self.cli, "-p", str(node.port), "cluster", "info"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        for line in out.stdout.splitlines():
+            if line.startswith("cluster_state:"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"
+
+    def node_for(self, key: str) -> RedisServer:
+        """The running node that serves ``key``'s hash slot (``LookupError`` if none)."""
+        running = [node for node in self.nodes if node.running]
+        out = subprocess.run(
+            [self.cli, "-p", str(running[0].port), "cluster", "keyslot", key],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        slot = int(out.stdout.strip())
+        for node in running:
+            if self._owns(node, slot):
+                return node
+        raise LookupError(f"no running node serves slot {slot}")
+
+    def _owns(self, node: RedisServer, slot: int) -> bool:
+        out = subprocess.run(
+            [self.cli, "-p", str(node.port), "cluster", "nodes"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        for line in out.stdout.splitlines():
+            fields = line.split()
+            if "myself" not in fields[2]:
+                continue
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return True
+        return False
+
+    def stop(self) -> None:
+        """Kill every node."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
         self.start()
         return self
 

@@ -54,14 +54,14 @@ def _commands(client: Any) -> int:
 def _count_calls(ledger: RedisLedger) -> list[int]:
     """Count every command the ledger's client sends from now on: one round trip each."""
     sent = [0]
-    client = ledger._client
+    client = ledger.client
     send: Callable[..., Any] = client.execute_command
 
     def counting(*args: Any, **options: Any) -> Any:
         sent[0] += 1
         return send(*args, **options)
 
-    client.execute_command = counting  # type: ignore[method-assign]
+    client.execute_command = counting
     return sent
 
 
