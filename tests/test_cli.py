@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 import lbalgo
-from fakes import FakeClock
 from lbalgo import cli
 from lbalgo._progress import Progress, duration
 from lbalgo.bench import _report
 from lbalgo.bench._core import Table
 from lbalgo.simulate import ALGORITHMS, Scenario, json_report, simulate
+from support.clocks import FakeClock
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

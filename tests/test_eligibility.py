@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -30,6 +29,7 @@ from lbalgo import (
     attempts,
 )
 from lbalgo.testing import check_internals, groups
+from support.clocks import FakeClock
 
 Make = Callable[[BackendGroup, FakeClock], Scheduler]
 

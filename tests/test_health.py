@@ -18,7 +18,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fakes import FakeClock
 from lbalgo import (
     Backend,
     BackendGroup,
@@ -30,6 +29,7 @@ from lbalgo import (
 )
 from lbalgo.errors import HealthCheckFailed, InvalidOptionError
 from lbalgo.health import HealthChecker, HealthStatus, http, tcp
+from support.clocks import FakeClock
 
 WAIT = 10.0  # seconds: the bound on every wait in this module
 

@@ -51,7 +51,7 @@ from redis_fleet import (
     wait_until,
 )
 from redis_server import namespace, redis_server, redis_url, skip_without_redis
-from threads import run_threads
+from support.threads import run_threads
 
 __all__ = ["namespace", "redis_server", "redis_url"]  # fixtures used by the tests below
 

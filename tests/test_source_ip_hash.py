@@ -31,7 +31,7 @@ from lbalgo._address import STRICT_PTON, address_key, remote_addr
 from lbalgo._table import TABLE_SIZE
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import address_spellings, check_minimal_movement, client_addresses, groups
-from threads import run_threads
+from support.threads import run_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
