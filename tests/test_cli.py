@@ -19,6 +19,7 @@ from lbalgo import cli
 from lbalgo._progress import Progress, duration
 from lbalgo.bench import _report
 from lbalgo.bench._core import Table
+from lbalgo.errors import InvalidOptionError
 from lbalgo.simulate import ALGORITHMS, Scenario, json_report, simulate
 from support.clocks import FakeClock
 
@@ -215,13 +216,13 @@ def test_seed_changes_the_traffic_but_not_the_schedule(
 
 
 def test_simulate_api_refuses_bad_scenarios() -> None:
-    with pytest.raises(ValueError, match="weights: need 2"):
+    with pytest.raises(InvalidOptionError, match="weights: need 2"):
         Scenario(weights=(5,))
-    with pytest.raises(ValueError, match="requests: must be an integer"):
+    with pytest.raises(InvalidOptionError, match="requests: must be an integer"):
         Scenario(requests=0)
-    with pytest.raises(ValueError, match="unknown algorithm 'random'"):
+    with pytest.raises(InvalidOptionError, match="unknown algorithm 'random'"):
         Scenario(algorithms=("random",))
-    with pytest.raises(ValueError, match="each at most once"):
+    with pytest.raises(InvalidOptionError, match="each at most once"):
         Scenario(algorithms=("swrr", "swrr"))
     runs = simulate(Scenario(requests=7, algorithms=("swrr",)))
     assert runs[0].phases[0].counts == (5, 1, 1, 0, 0)  # one whole period: exact

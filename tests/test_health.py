@@ -27,7 +27,7 @@ from lbalgo import (
     StickySessions,
     WeightedLeastConnections,
 )
-from lbalgo.errors import HealthCheckFailed, InvalidOptionError
+from lbalgo.errors import HealthCheckFailed, InvalidOptionError, InvalidTypeError
 from lbalgo.health import HealthChecker, HealthStatus, http, tcp
 from support.clocks import FakeClock
 
@@ -185,7 +185,7 @@ def test_ranges_include_their_ends() -> None:
 
 def test_bad_scheduler_or_check() -> None:
     sched = SmoothWeightedRoundRobin(BackendGroup())
-    with pytest.raises(TypeError, match=r"scheduler must implement lbalgo\.Scheduler, got 42"):
+    with pytest.raises(InvalidTypeError, match=r"must implement lbalgo\.Scheduler, got 42"):
         HealthChecker(42, tcp())  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match="check must be an async callable, got 'tcp'"):
         HealthChecker(sched, "tcp")  # type: ignore[arg-type]

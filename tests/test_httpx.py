@@ -25,7 +25,7 @@ from lbalgo import (
     StickySessions,
     WeightedLeastConnections,
 )
-from lbalgo.errors import InvalidOptionError
+from lbalgo.errors import InvalidOptionError, InvalidTypeError
 from lbalgo.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
 
 TIMEOUT = httpx.Timeout(10.0)
@@ -304,7 +304,7 @@ def test_bad_transport_and_scheduler() -> None:
         LoadBalancedTransport(sched, transport=httpx.AsyncHTTPTransport())  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match=r"transport must be an httpx\.AsyncBaseTransport"):
         AsyncLoadBalancedTransport(sched, transport=httpx.HTTPTransport())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="scheduler must implement"):
+    with pytest.raises(InvalidTypeError, match="scheduler must implement"):
         LoadBalancedTransport("sched")  # type: ignore[arg-type]
 
 

@@ -11,6 +11,7 @@ from lbalgo import (
     SmoothWeightedRoundRobin,
     SourceIPHash,
 )
+from lbalgo.errors import InvalidTypeError
 from lbalgo.nginx import load_upstream, parse_time
 
 
@@ -69,7 +70,7 @@ def test_scheduler_passes_options_and_refuses_block_settings() -> None:
     sched = up.scheduler(slow_start=30.0, clock=lambda: 0.0)
     assert sched.pick().key == "a.test:1"
     for option in ("compat", "max_fails", "fail_timeout"):
-        with pytest.raises(TypeError, match=option):
+        with pytest.raises(InvalidTypeError, match=option):
             up.scheduler(**{option: 1})
 
 

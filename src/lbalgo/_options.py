@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sized
 from itertools import islice
+from weakref import WeakSet
 
 from lbalgo._validate import integer, seconds, shown
 from lbalgo.backend import MAX_BACKENDS, Backend, BackendGroup
 from lbalgo.errors import InvalidGroupError, InvalidOptionError, InvalidTypeError
-from lbalgo.scheduler import Clock, Exclude
+from lbalgo.scheduler import Clock, Exclude, Scheduler
 
 __all__ = [
     "MAX_EXCLUDE",
@@ -20,6 +21,7 @@ __all__ = [
     "check_group",
     "check_options",
     "check_release",
+    "check_scheduler",
     "normalize_exclude",
 ]
 
@@ -30,6 +32,24 @@ _SIZED = (list, tuple, set, frozenset)
 
 MAX_FAILS = 1_000_000
 """The largest ``max_fails`` (nginx's own is unbounded; a larger one would never trip)."""
+
+
+_SCHEDULER_TYPES: WeakSet[type] = WeakSet()
+
+
+def check_scheduler(scheduler: object) -> None:
+    """:class:`~lbalgo.InvalidTypeError` naming the value unless ``scheduler`` implements
+    :class:`~lbalgo.Scheduler`.
+
+    The runtime protocol check walks every member (about 17 us, more than a whole request's
+    pick and release), so a type that passed once is remembered: ``attempts`` and the httpx
+    transports check on every request.
+    """
+    if type(scheduler) in _SCHEDULER_TYPES:
+        return
+    if not isinstance(scheduler, Scheduler):
+        raise InvalidTypeError(f"scheduler must implement lbalgo.Scheduler, got {shown(scheduler)}")
+    _SCHEDULER_TYPES.add(type(scheduler))
 
 
 def check_options(slow_start: float, max_fails: int, fail_timeout: float, clock: Clock) -> None:

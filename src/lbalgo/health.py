@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from lbalgo._options import check_scheduler
 from lbalgo._probes import MAX_RESPONSE_HEAD, Check, http, tcp
 from lbalgo.backend import BackendGroup
 from lbalgo.errors import HealthCheckFailed, InvalidOptionError
@@ -137,8 +138,7 @@ class HealthChecker:
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
     ) -> None:
-        if not isinstance(scheduler, Scheduler):
-            raise TypeError(f"scheduler must implement lbalgo.Scheduler, got {scheduler!r}")
+        check_scheduler(scheduler)
         if not callable(check):
             raise InvalidOptionError(f"check must be an async callable, got {check!r}")
         self._interval = _seconds("interval", interval)

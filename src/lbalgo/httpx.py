@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 from lbalgo._extras import missing_extra
+from lbalgo._options import check_scheduler
 from lbalgo.errors import InvalidOptionError, NoBackendAvailable
 from lbalgo.scheduler import Lease, Scheduler
 
@@ -57,8 +58,7 @@ class _Balancer:
     """What the sync and async transports share: options, routing, the retry decision."""
 
     def __init__(self, scheduler: Scheduler, retries: int) -> None:
-        if not isinstance(scheduler, Scheduler):
-            raise TypeError(f"scheduler must implement lbalgo.Scheduler, got {scheduler!r}")
+        check_scheduler(scheduler)
         if type(retries) is not int or not 0 <= retries <= 100:
             raise InvalidOptionError(f"retries must be an integer from 0 to 100, got {retries!r}")
         self.scheduler = scheduler

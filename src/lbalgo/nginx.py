@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
-from lbalgo.errors import InvalidBackendError, InvalidGroupError
+from lbalgo.errors import InvalidBackendError, InvalidGroupError, InvalidTypeError
 from lbalgo.scheduler import Scheduler
 from lbalgo.source_ip_hash import SourceIPHash
 from lbalgo.swrr import SmoothWeightedRoundRobin
@@ -101,7 +101,7 @@ class Upstream:
         """
         clash = sorted(set(options) & set(_FROM_BLOCK))
         if clash:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{clash[0]} is set by the upstream block and cannot be passed, got "
                 f"{clash[0]}={options[clash[0]]!r}"
             )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lbalgo._options import normalize_exclude
-from lbalgo._validate import integer, shown
-from lbalgo.errors import InvalidTypeError, NoBackendAvailable
+from lbalgo._options import check_scheduler, normalize_exclude
+from lbalgo._validate import integer
+from lbalgo.errors import NoBackendAvailable
 from lbalgo.scheduler import Client, Exclude, Lease, Scheduler
 
 __all__ = ["attempts"]
@@ -72,10 +72,7 @@ def attempts(
     >>> sched.stats()["10.0.0.1:80"].available  # max_fails=1: suspended for fail_timeout
     False
     """
-    if not isinstance(scheduler, Scheduler):
-        raise InvalidTypeError(
-            f"scheduler must implement lbalgo.Scheduler, got {shown(scheduler)}"
-        )
+    check_scheduler(scheduler)
     integer("tries", tries, 1, MAX_TRIES)
     tried = set(normalize_exclude(exclude))
     return _attempts(scheduler, client, tries, tried)

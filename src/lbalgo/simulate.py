@@ -34,8 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lbalgo._validate import shown
 from lbalgo.backend import MAX_BACKENDS, MAX_WEIGHT, Backend, BackendGroup
-from lbalgo.errors import NoBackendAvailable
+from lbalgo.errors import InvalidOptionError, NoBackendAvailable
 
 if TYPE_CHECKING:
     from lbalgo.scheduler import Lease, Scheduler
@@ -100,31 +101,33 @@ class Scenario:
     def __post_init__(self) -> None:
         weights = self.weights
         if not isinstance(weights, tuple) or not 2 <= len(weights) <= MAX_BACKENDS - 2:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"weights: need 2 to {MAX_BACKENDS - 2} backends (room to scale out by two), "
                 f"got {weights!r}"
             )
         for weight in weights:
             if type(weight) is not int or not 0 <= weight <= MAX_WEIGHT:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"weights: each weight must be an integer from 0 to {MAX_WEIGHT}, "
                     f"got {weight!r}"
                 )
         if not any(weights):
-            raise ValueError(f"weights: at least one weight must be above 0, got {weights!r}")
+            raise InvalidOptionError(
+                f"weights: at least one weight must be above 0, got {shown(weights)}"
+            )
         _check_count("requests", self.requests, 1, MAX_REQUESTS)
         _check_count("seed", self.seed, 0, 2**63)
         _check_count("mean_lifetime", self.mean_lifetime, 1, 1_000_000)
         _check_count("clients", self.clients, 1, 1_000_000)
         if not self.algorithms or not isinstance(self.algorithms, tuple):
-            raise ValueError(f"algorithms: need at least one, got {self.algorithms!r}")
+            raise InvalidOptionError(f"algorithms: need at least one, got {self.algorithms!r}")
         for name in self.algorithms:
             if name not in ALGORITHMS:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"algorithms: unknown algorithm {name!r} (choose from {', '.join(ALGORITHMS)})"
                 )
         if len(set(self.algorithms)) != len(self.algorithms):
-            raise ValueError(f"algorithms: each at most once, got {self.algorithms!r}")
+            raise InvalidOptionError(f"algorithms: each at most once, got {self.algorithms!r}")
 
     @property
     def total_requests(self) -> int:
@@ -134,7 +137,9 @@ class Scenario:
 
 def _check_count(name: str, value: object, low: int, high: int) -> None:
     if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"{name}: must be an integer from {low} to {high:,}, got {value!r}")
+        raise InvalidOptionError(
+            f"{name}: must be an integer from {low} to {high:,}, got {shown(value)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

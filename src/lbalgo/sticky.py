@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
 from lbalgo._base import BaseScheduler
-from lbalgo._options import check_clock, normalize_exclude
+from lbalgo._options import check_clock, check_scheduler, normalize_exclude
 from lbalgo._validate import integer, seconds, shown
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidOptionError, InvalidTypeError, NoBackendAvailable
@@ -105,10 +105,7 @@ class StickySessions:
         max_sessions: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(scheduler, Scheduler):
-            raise InvalidTypeError(
-                f"scheduler must implement lbalgo.Scheduler, got {shown(scheduler)}"
-            )
+        check_scheduler(scheduler)
         seconds("ttl", ttl, above_low=True)
         integer("max_sessions", max_sessions, 1, MAX_SESSIONS)
         check_clock(clock)

@@ -102,14 +102,14 @@ class WeightedLeastConnections(BaseScheduler):
         compat: str | None = None,
     ) -> None:
         if compat not in (None, "nginx"):
-            raise ValueError(f"compat must be None or 'nginx', got {compat!r}")
+            raise InvalidOptionError(f"compat must be None or 'nginx', got {shown(compat)}")
         if compat == "nginx":
             if ledger is not None:
-                raise ValueError(
-                    f"compat='nginx' keeps its own in-process ledger, got ledger={ledger!r}"
+                raise InvalidOptionError(
+                    f"compat='nginx' keeps its own in-process ledger, got ledger={shown(ledger)}"
                 )
             if slow_start:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"compat='nginx' has no slow start (nginx's least_conn has none), got "
                     f"slow_start={slow_start!r}"
                 )
