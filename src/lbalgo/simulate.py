@@ -82,13 +82,13 @@ class Scenario:
     drains). ``requests``: requests per phase. ``mean_lifetime``: how many later requests
     arrive, on average, while one request's connection stays open (lifetimes are uniform
     from 1 to twice that, so a drain ends within ``2 * mean_lifetime`` requests).
-    ``clients``: the number of distinct client addresses. A bad field raises ``ValueError``
-    naming the field and the value.
+    ``clients``: the number of distinct client addresses. A bad field raises
+    :class:`~lbalgo.InvalidOptionError` (a ``ValueError``) naming the field and the value.
 
     >>> Scenario(weights=(5, 101))
     Traceback (most recent call last):
     ...
-    ValueError: weights: each weight must be an integer from 0 to 100, got 101
+    lbalgo.errors.InvalidOptionError: weights: each weight must be an integer from 0 to 100, got 101
     """
 
     weights: tuple[int, ...] = (5, 1, 1)
@@ -103,13 +103,13 @@ class Scenario:
         if not isinstance(weights, tuple) or not 2 <= len(weights) <= MAX_BACKENDS - 2:
             raise InvalidOptionError(
                 f"weights: need 2 to {MAX_BACKENDS - 2} backends (room to scale out by two), "
-                f"got {weights!r}"
+                f"got {shown(weights)}"
             )
         for weight in weights:
             if type(weight) is not int or not 0 <= weight <= MAX_WEIGHT:
                 raise InvalidOptionError(
                     f"weights: each weight must be an integer from 0 to {MAX_WEIGHT}, "
-                    f"got {weight!r}"
+                    f"got {shown(weight)}"
                 )
         if not any(weights):
             raise InvalidOptionError(
@@ -120,14 +120,15 @@ class Scenario:
         _check_count("mean_lifetime", self.mean_lifetime, 1, 1_000_000)
         _check_count("clients", self.clients, 1, 1_000_000)
         if not self.algorithms or not isinstance(self.algorithms, tuple):
-            raise InvalidOptionError(f"algorithms: need at least one, got {self.algorithms!r}")
+            raise InvalidOptionError(f"algorithms: need at least one, got {shown(self.algorithms)}")
         for name in self.algorithms:
             if name not in ALGORITHMS:
                 raise InvalidOptionError(
-                    f"algorithms: unknown algorithm {name!r} (choose from {', '.join(ALGORITHMS)})"
+                    f"algorithms: unknown algorithm {shown(name)} "
+                    f"(choose from {', '.join(ALGORITHMS)})"
                 )
         if len(set(self.algorithms)) != len(self.algorithms):
-            raise InvalidOptionError(f"algorithms: each at most once, got {self.algorithms!r}")
+            raise InvalidOptionError(f"algorithms: each at most once, got {shown(self.algorithms)}")
 
     @property
     def total_requests(self) -> int:
