@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import http.client
 import json
-import select
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
+from proxy_harness import ProxyProcess
 
 PROXY = Path(__file__).resolve().parent.parent / "examples" / "proxy.py"
 TIMEOUT = 10.0  # seconds: the bound on every single wait in this module
@@ -135,8 +135,9 @@ class _Backend(ThreadingHTTPServer):
                         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Proxy:
-    """examples/proxy.py in a subprocess, listening on a free loopback port."""
+class _Proxy(ProxyProcess):
+    """examples/proxy.py in a subprocess, listening on a free loopback port, with plain
+    http.client requests (the harness's start and stop)."""
 
     def __init__(
         self,
@@ -145,30 +146,10 @@ class _Proxy:
         tmp: Path,
         extra: Sequence[str] = (),
     ) -> None:
-        args = [sys.executable, str(PROXY), "--listen", "127.0.0.1:0", "--algorithm", algorithm]
-        args += extra
+        args = ["--algorithm", algorithm, *extra]
         for backend, weight in backends:
             args += ["--backend", f"127.0.0.1:{backend.port}={weight}"]
-        self.log = tmp / "proxy.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], TIMEOUT)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if not line.startswith("listening on http://127.0.0.1:"):
-            self.stop()
-            raise AssertionError(f"proxy did not start: {line!r} {self.log.read_text()}")
-        self.port = int(line.split("http://127.0.0.1:", 1)[1].split()[0])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(TIMEOUT)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        super().__init__(args, tmp)
 
     def request(
         self,
