@@ -55,6 +55,25 @@ def _unmap(packed: bytes) -> bytes:
     return packed[12:] if packed[:12] == _MAPPED_PREFIX else packed
 
 
+def _packed(client: object) -> bytes:
+    """The address's packed bytes as written (4 for IPv4, 16 for IPv6, mapped ones too)."""
+    if type(client) is str and STRICT_PTON:
+        try:
+            if ":" in client:
+                return _pton(_INET6, client)
+            return _pton(_INET, client)
+        except (OSError, ValueError):  # ValueError: an embedded NUL character
+            pass
+    if isinstance(client, str):
+        try:
+            return ip_address(client).packed
+        except ValueError:
+            raise bad_address(client) from None
+    if isinstance(client, (IPv4Address, IPv6Address)):
+        return client.packed
+    raise bad_address(client)
+
+
 def address_key(client: object) -> bytes:
     """The client's packed address: 4 bytes for IPv4 and IPv4-mapped IPv6, else 16.
 
@@ -70,24 +89,7 @@ def address_key(client: object) -> bytes:
     lbalgo.errors.InvalidOptionError: client must be an IPv4 or IPv6 address (...),
     got '10.0.0.1:80'
     """
-    if type(client) is str and STRICT_PTON:
-        try:
-            if ":" in client:
-                return _unmap(_pton(_INET6, client))
-            return _pton(_INET, client)
-        except (OSError, ValueError):  # ValueError: an embedded NUL character
-            pass
-    if isinstance(client, str):
-        try:
-            parsed = ip_address(client)
-        except ValueError:
-            raise bad_address(client) from None
-        return _unmap(parsed.packed)
-    if isinstance(client, IPv4Address):
-        return client.packed
-    if isinstance(client, IPv6Address):
-        return _unmap(client.packed)
-    raise bad_address(client)
+    return _unmap(_packed(client))
 
 
 def remote_addr(client: object) -> str:
@@ -100,22 +102,7 @@ def remote_addr(client: object) -> str:
     >>> remote_addr("10.0.0.1"), remote_addr("::FFFF:10.0.0.1"), remote_addr("2001:DB8::0:1")
     ('10.0.0.1', '::ffff:10.0.0.1', '2001:db8::1')
     """
-    if type(client) is str and STRICT_PTON:
-        try:
-            if ":" in client:
-                return address_text(_pton(_INET6, client))
-            return address_text(_pton(_INET, client))
-        except (OSError, ValueError):  # ValueError: an embedded NUL character
-            pass
-    if isinstance(client, str):
-        try:
-            parsed = ip_address(client)
-        except ValueError:
-            raise bad_address(client) from None
-        return address_text(parsed.packed)
-    if isinstance(client, (IPv4Address, IPv6Address)):
-        return address_text(client.packed)
-    raise bad_address(client)
+    return address_text(_packed(client))
 
 
 def address_text(key: bytes) -> str:
