@@ -13,7 +13,8 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,10 +23,9 @@ from lbalgo import Backend, BackendGroup, RedisLedger, WeightedLeastConnections
 __all__ = [
     "LEASE",
     "Fleet",
-    "check_fleet_totals",
-    "check_frozen_process",
-    "check_killed_process",
+    "FleetSuite",
     "check_store_loss",
+    "fleets",
     "wait_until",
 ]
 
@@ -121,56 +121,82 @@ class Fleet:
             process.join(10)
 
 
-def check_fleet_totals(make_fleet: MakeFleet, make_ledger: MakeLedger) -> None:
-    """Four worker processes pick at the same time and hold every connection: the fleet's
-    total per backend is exactly the weighted share (least ratio on the totals)."""
-    weights = [("a", 5), ("b", 3), ("c", 2)]
-    fleet = make_fleet(weights, 4)
-    per_worker = fleet.ask_all("pick", 30)  # 120 connections, 12 weight periods
-    total = sum(per_worker, Counter[str]())
-    assert total == {"a": 60, "b": 36, "c": 24}
-    observer = make_ledger()
-    assert observer.counts(["a", "b", "c"]) == dict(total)
-    fleet.ask_all("release")
-    assert observer.counts(["a", "b", "c"]) == {"a": 0, "b": 0, "c": 0}
+@contextmanager
+def fleets(url: str, namespace: str, *, cluster: bool = False) -> Iterator[MakeFleet]:
+    """A factory of fleets on this store and namespace; every fleet made is killed on exit."""
+    made: list[Fleet] = []
 
+    def make(weights: list[tuple[str, int]], size: int, lease: float = LEASE) -> Fleet:
+        fleet = Fleet(url, namespace, weights, size, lease=lease, cluster=cluster)
+        made.append(fleet)
+        return fleet
 
-def check_killed_process(make_fleet: MakeFleet, make_ledger: MakeLedger) -> None:
-    """kill -9 of a process holding connections: nothing is reclaimed before its lease runs
-    out, everything after; the survivor's connections stay counted, never twice."""
-    fleet = make_fleet([("a", 1), ("b", 1)], 2)
-    victim = fleet.ask(0, "pick", 6)
-    survivor = fleet.ask(1, "pick", 4)
-    observer = make_ledger(lease_timeout=LEASE)
-
-    def fleet_counts() -> Counter[str]:
-        return Counter(observer.counts(["a", "b"]))
-
-    assert fleet_counts() == victim + survivor
-    killed_at = time.monotonic()
-    os.kill(fleet.processes[0].pid or 0, signal.SIGKILL)
-    fleet.processes[0].join(10)
-    assert fleet_counts() == victim + survivor  # the lease has to run out first
-    assert wait_until(lambda: fleet_counts() == survivor, timeout=LEASE * 4)
-    assert time.monotonic() - killed_at >= LEASE * 0.5
-    fleet.ask(1, "release")
-    assert observer.counts(["a", "b"]) == {"a": 0, "b": 0}  # not negative, not twice
-
-
-def check_frozen_process(make_fleet: MakeFleet, make_ledger: MakeLedger) -> None:
-    """A process frozen past its lease is reclaimed, then puts its connections back."""
-    fleet = make_fleet([("a", 1)], 1)
-    assert fleet.ask(0, "pick", 3) == {"a": 3}
-    observer = make_ledger(lease_timeout=LEASE)
-    pid = fleet.processes[0].pid or 0
-    os.kill(pid, signal.SIGSTOP)  # a GC pause or a stopped VM, longer than the lease
     try:
-        assert wait_until(lambda: observer.count("a") == 0, timeout=LEASE * 4)
+        yield make
     finally:
-        os.kill(pid, signal.SIGCONT)
-    assert wait_until(lambda: observer.count("a") == 3, timeout=LEASE * 2)
-    fleet.ask(0, "release")
-    assert observer.count("a") == 0
+        for fleet in made:
+            fleet.close()
+
+
+class FleetSuite:
+    """The fleet tests every Redis deployment runs, as cachetools' ``CacheTestMixin`` does:
+    a test module subclasses it and provides the ``fleet_factory`` and ``make_ledger``
+    fixtures for its deployment (one server, a cluster)."""
+
+    def test_fleet_totals_follow_the_weights(
+        self, fleet_factory: MakeFleet, make_ledger: MakeLedger
+    ) -> None:
+        """Four worker processes pick at the same time and hold every connection: the fleet's
+        total per backend is exactly the weighted share (least ratio on the totals)."""
+        weights = [("a", 5), ("b", 3), ("c", 2)]
+        fleet = fleet_factory(weights, 4)
+        per_worker = fleet.ask_all("pick", 30)  # 120 connections, 12 weight periods
+        total = sum(per_worker, Counter[str]())
+        assert total == {"a": 60, "b": 36, "c": 24}
+        observer = make_ledger()
+        assert observer.counts(["a", "b", "c"]) == dict(total)
+        fleet.ask_all("release")
+        assert observer.counts(["a", "b", "c"]) == {"a": 0, "b": 0, "c": 0}
+
+    def test_killed_process_leases_come_back(
+        self, fleet_factory: MakeFleet, make_ledger: MakeLedger
+    ) -> None:
+        """kill -9 of a process holding connections: nothing is reclaimed before its lease runs
+        out, everything after; the survivor's connections stay counted, never twice."""
+        fleet = fleet_factory([("a", 1), ("b", 1)], 2)
+        victim = fleet.ask(0, "pick", 6)
+        survivor = fleet.ask(1, "pick", 4)
+        observer = make_ledger(lease_timeout=LEASE)
+
+        def fleet_counts() -> Counter[str]:
+            return Counter(observer.counts(["a", "b"]))
+
+        assert fleet_counts() == victim + survivor
+        killed_at = time.monotonic()
+        os.kill(fleet.processes[0].pid or 0, signal.SIGKILL)
+        fleet.processes[0].join(10)
+        assert fleet_counts() == victim + survivor  # the lease has to run out first
+        assert wait_until(lambda: fleet_counts() == survivor, timeout=LEASE * 4)
+        assert time.monotonic() - killed_at >= LEASE * 0.5
+        fleet.ask(1, "release")
+        assert observer.counts(["a", "b"]) == {"a": 0, "b": 0}  # not negative, not twice
+
+    def test_frozen_process_is_reclaimed_then_puts_its_leases_back(
+        self, fleet_factory: MakeFleet, make_ledger: MakeLedger
+    ) -> None:
+        """A process frozen past its lease is reclaimed, then puts its connections back."""
+        fleet = fleet_factory([("a", 1)], 1)
+        assert fleet.ask(0, "pick", 3) == {"a": 3}
+        observer = make_ledger(lease_timeout=LEASE)
+        pid = fleet.processes[0].pid or 0
+        os.kill(pid, signal.SIGSTOP)  # a GC pause or a stopped VM, longer than the lease
+        try:
+            assert wait_until(lambda: observer.count("a") == 0, timeout=LEASE * 4)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert wait_until(lambda: observer.count("a") == 3, timeout=LEASE * 2)
+        fleet.ask(0, "release")
+        assert observer.count("a") == 0
 
 
 def check_store_loss(

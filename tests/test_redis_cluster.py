@@ -24,12 +24,10 @@ from lbalgo import (
 )
 from lbalgo.bench._redis_server import RedisCluster
 from redis_fleet import (
-    LEASE,
     Fleet,
-    check_fleet_totals,
-    check_frozen_process,
-    check_killed_process,
+    FleetSuite,
     check_store_loss,
+    fleets,
     wait_until,
 )
 from redis_server import redis_cluster
@@ -77,16 +75,12 @@ def make_ledger(
 
 @pytest.fixture
 def fleet_factory(cluster: RedisCluster, cluster_namespace: str) -> Iterator[Callable[..., Fleet]]:
-    fleets: list[Fleet] = []
+    with fleets(cluster.url, cluster_namespace, cluster=True) as make:
+        yield make
 
-    def make(weights: list[tuple[str, int]], size: int, lease: float = LEASE) -> Fleet:
-        fleet = Fleet(cluster.url, cluster_namespace, weights, size, lease=lease, cluster=True)
-        fleets.append(fleet)
-        return fleet
 
-    yield make
-    for fleet in fleets:
-        fleet.close()
+class TestClusterFleet(FleetSuite):
+    """Four processes, kill -9 reclaim, a frozen process: as on one server."""
 
 
 def node_keys(cluster: RedisCluster, pattern: str) -> dict[int, list[bytes]]:
@@ -143,24 +137,6 @@ def test_namespaces_spread_over_the_masters(
         assert sorted(b.key for b in held) == ["10.0.0.1:80"] * 3 + ["10.0.0.2:80"]
         assert one.ledger.count("10.0.0.1:80") == 3
     assert len(ports) >= 2  # nine random namespaces: all on one master would be a bug
-
-
-def test_fleet_totals_follow_the_weights(
-    fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
-) -> None:
-    check_fleet_totals(fleet_factory, make_ledger)
-
-
-def test_killed_process_leases_come_back(
-    fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
-) -> None:
-    check_killed_process(fleet_factory, make_ledger)
-
-
-def test_frozen_process_is_reclaimed_then_puts_its_leases_back(
-    fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
-) -> None:
-    check_frozen_process(fleet_factory, make_ledger)
 
 
 def test_master_stopped_and_restarted(

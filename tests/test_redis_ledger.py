@@ -44,10 +44,9 @@ from lbalgo.testing import groups
 from redis_fleet import (
     LEASE,
     Fleet,
-    check_fleet_totals,
-    check_frozen_process,
-    check_killed_process,
+    FleetSuite,
     check_store_loss,
+    fleets,
     wait_until,
 )
 from redis_server import namespace, redis_server, redis_url, skip_without_redis
@@ -385,34 +384,12 @@ def test_release_never_below_zero_and_only_own(
 
 @pytest.fixture
 def fleet_factory(redis_url: str, namespace: str) -> Iterator[Callable[..., Fleet]]:
-    fleets: list[Fleet] = []
-
-    def make(weights: list[tuple[str, int]], size: int, lease: float = LEASE) -> Fleet:
-        fleet = Fleet(redis_url, namespace, weights, size, lease=lease)
-        fleets.append(fleet)
-        return fleet
-
-    yield make
-    for fleet in fleets:
-        fleet.close()
+    with fleets(redis_url, namespace) as make:
+        yield make
 
 
-def test_fleet_totals_follow_the_weights(
-    fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
-) -> None:
-    check_fleet_totals(fleet_factory, make_ledger)
-
-
-def test_killed_process_leases_come_back(
-    fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
-) -> None:
-    check_killed_process(fleet_factory, make_ledger)
-
-
-def test_frozen_process_is_reclaimed_then_puts_its_leases_back(
-    fleet_factory: Callable[..., Fleet], make_ledger: Callable[..., RedisLedger]
-) -> None:
-    check_frozen_process(fleet_factory, make_ledger)
+class TestFleet(FleetSuite):
+    """Four processes, kill -9 reclaim, a frozen process, on one server."""
 
 
 def test_flushall_the_fleet_reasserts_before_the_next_pick(
