@@ -72,9 +72,6 @@ class BaseScheduler(ABC):
         self._group = group
         self._slots: dict[str, Slot] = {b.key: Slot(b, self._hooked) for b in group}
         self._order: tuple[Slot, ...] = tuple(self._slots.values())
-        # id of each current Backend object -> its slot: a release finds the slot of the
-        # very object its pick returned without reading the key (a property) or hashing
-        self._by_id = {id(slot.backend): slot for slot in self._order}
         # earliest clock value at which a ramp steps or a suspension lifts (inf: none)
         self._next_event = math.inf
         # bound once: every lease calls it, and a bound method is an allocation
@@ -134,15 +131,20 @@ class BaseScheduler(ABC):
         this backend's trial or the algorithm counts releases itself. ``TypeError`` naming
         the value if ``backend`` is not a ``Backend`` or ``failed`` not a ``bool``.
         """
-        # the backend a pick returned, found by identity: no key property, no type check
-        slot = self._by_id.get(id(backend))
-        if slot is None or slot.backend is not backend or failed is not False:
+        # The fast path: the very Backend a pick returned (its key a plain slot, its slot
+        # found by a str key whose hash is cached). Anything else, checked on the slow path.
+        try:
+            slot = self._slots[backend.key]
+        except Exception:  # not a Backend, or not in the group: the slow path says which
+            self._release_checked(backend, failed)
+            return
+        if slot.backend is not backend or failed is not False:
             self._release_checked(backend, failed)
             return
         # Tally.end inlined: end number n is within the open count if n + picks left < limit
-        if next(slot.ends) + slot.picks_left() >= slot.limit and not slot.void_excess():
-            return
-        if slot.notify:
+        if (
+            next(slot.ends) + slot.picks_left() < slot.limit or slot.void_excess()
+        ) and slot.notify:
             with self._lock:
                 self._after_release(slot, False)
 
@@ -218,7 +220,6 @@ class BaseScheduler(ABC):
             self._group = group
             self._slots = slots
             self._order = tuple(slots.values())
-            self._by_id = {id(slot.backend): slot for slot in self._order}
             if added:
                 self._start_ramp(added)
             if len(self._order) == 1 and self._passive is not None:
@@ -355,7 +356,6 @@ class BaseScheduler(ABC):
     def _check(self) -> None:
         """Assert the invariants of the shared state (the stateful tests call it)."""
         assert tuple(self._slots.values()) == self._order
-        assert self._by_id == {id(slot.backend): slot for slot in self._order}
         assert [s.key for s in self._order] == list(self._group.keys())
         for slot in self._order:
             slot._check()
@@ -395,16 +395,15 @@ class BaseScheduler(ABC):
         if slot is not None:
             self._finish(slot, fail)
 
-    def _finish_lease(self, token: object, failed: bool) -> None:
-        slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots
+    def _finish_lease(self, slot: Slot, failed: bool) -> None:
+        """What a lease cannot do alone (see :class:`~lbalgo.Lease`): report a failure (its
+        release not counted yet), or let the scheduler hear of a counted release."""
         # a lease outliving its backend's removal (or a re-added key) counts nowhere
         if not slot.live:
             return
         if failed:
             self._finish(slot, True)
-        elif (
-            next(slot.ends) + slot.picks_left() < slot.limit or slot.void_excess()
-        ) and slot.notify:
+        else:
             with self._lock:
                 self._after_release(slot, False)
 
