@@ -244,9 +244,13 @@ class WeightedLeastConnections(BaseScheduler):
         if local is None or failed:
             super()._finish(slot, failed)
             return
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if local.release_open(slot.key):
                 next(slot.ends)
+        finally:
+            lock.release()
 
     def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         key = self._ledger.acquire(exclude)
