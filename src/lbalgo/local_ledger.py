@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heappushpop
 
 from lbalgo._validate import integer, shown
 from lbalgo._wf2q import IDLE, OUT, PENDING, WF2QSchedule
@@ -181,6 +181,7 @@ class LocalLedger(WF2QSchedule):
         ready = self._ready_heap
         idle = self._idle_heap
         pos = self._pending
+        parked = None  # the pending key's idle entry, queued together with the pop below
         if pos >= 0:
             # _flush(): the key acquired last has no entry in any heap, so its stamp stays
             self._pending = -1
@@ -188,13 +189,16 @@ class LocalLedger(WF2QSchedule):
             count = self._load[pos]
             if s > vt and not count:
                 self._state[pos] = IDLE
-                heappush(idle, (s, pos, stamp[pos]))
+                parked = (s, pos, stamp[pos])
             else:
                 self._flush_at(pos, s, count, vt)
                 ready, idle = self._ready_heap, self._idle_heap  # a rebuild replaces them
+        # (the parked entry cannot wake: its S is past the clock)
         if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
             self._wake()
         if exclude:
+            if parked is not None:
+                heappush(idle, parked)
             return self._acquire_excluding(exclude)
         while ready:
             top = ready[0]
@@ -204,6 +208,15 @@ class LocalLedger(WF2QSchedule):
         if ready and not ready[0][0]:
             # the common case under load: a ready key with no connection, which nothing beats
             pos = heappop(ready)[2]
+            if parked is not None:
+                heappush(idle, parked)
+        elif parked is not None:
+            # no connection beats any ready key's positive ratio: the idle key with the
+            # earliest S, the parked one included (queued and popped in one C call)
+            first = heappushpop(idle, parked)
+            while first[2] != stamp[first[1]]:  # parked is current: this ends
+                first = heappop(idle)
+            pos = first[1]
         else:
             while idle:
                 first = idle[0]
