@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 
+from lbalgo._counter import steps_left
 from lbalgo._options import check_group, check_options, check_release, normalize_exclude
 from lbalgo._passive import PassiveHealth
 from lbalgo._slot import Slot
@@ -143,7 +144,7 @@ class BaseScheduler(ABC):
             return
         # Tally.end inlined: end number n is within the open count if n + picks left < limit
         if (
-            next(slot.ends) + slot.picks_left() < slot.limit or slot.void_excess()
+            next(slot.ends) + steps_left(slot.picks) < slot.limit or slot.void_excess()
         ) and slot.notify:
             lock = self._lock
             lock.acquire()

@@ -282,18 +282,20 @@ class LocalLedger(WF2QSchedule):
 
         The scheduler's fast path uses the answer instead of asking :meth:`count` first.
         """
-        pos = self._index.get(key)
-        if pos is None:
+        try:
+            pos = self._index[key]
+        except KeyError:  # not eligible (draining, or unknown)
             count = self._draining.get(key, 0)
             if count > 1:
                 self._draining[key] = count - 1
             elif count == 1:
                 del self._draining[key]
             return count > 0
-        count = self._load[pos]
+        load = self._load
+        count = load[pos]
         if not count:
             return False
-        self._load[pos] = count - 1
+        load[pos] = count - 1
         # a pending key is queued with its count at the flush; one out is in no heap
         if pos != self._pending and self._state[pos] != OUT:
             self._requeue(pos)

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv6Address
 from types import TracebackType
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from lbalgo._counter import steps_left
 from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo.backend import Backend, BackendGroup
@@ -166,7 +167,7 @@ class Lease:
             return
         # Tally.end inlined (see lbalgo._counter): counted if within the open count
         if (
-            next(token.ends) + token.picks_left() < token.limit or token.void_excess()
+            next(token.ends) + steps_left(token.picks) < token.limit or token.void_excess()
         ) and token.notify:
             self._end(token, False)
 
@@ -193,7 +194,7 @@ class Lease:
         except IndexError:
             return
         if (
-            next(token.ends) + token.picks_left() < token.limit or token.void_excess()
+            next(token.ends) + steps_left(token.picks) < token.limit or token.void_excess()
         ) and token.notify:
             self._end(token, False)
 
