@@ -75,7 +75,7 @@ class BaseScheduler(ABC):
         self._order: tuple[Slot, ...] = tuple(self._slots.values())
         # earliest clock value at which a ramp steps or a suspension lifts (inf: none)
         self._next_event = math.inf
-        # bound once: every lease calls it, and a bound method is an allocation
+        # bound once: every lease holds it, and a bound method is an allocation
         self._end_lease = self._finish_lease
         with self._lock:
             self._rebuild()
