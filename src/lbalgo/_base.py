@@ -411,20 +411,11 @@ class BaseScheduler(ABC):
             self._finish(slot, fail)
 
     def _finish_lease(self, slot: Slot, failed: bool) -> None:
-        """What a lease cannot do alone (see :class:`~lbalgo.Lease`): report a failure (its
-        release not counted yet), or let the scheduler hear of a counted release."""
+        """A lease's release that the scheduler must count and hear of (see
+        :class:`~lbalgo.Lease`): a failure, or a release while ``slot.notify``."""
         # a lease outliving its backend's removal (or a re-added key) counts nowhere
-        if not slot.live:
-            return
-        if failed:
-            self._finish(slot, True)
-            return
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._after_release(slot, False)
-        finally:
-            lock.release()
+        if slot.live:
+            self._finish(slot, failed)
 
     def _finish(self, slot: Slot, failed: bool) -> None:
         """One release of ``slot``: lock-free unless something must hear of it."""

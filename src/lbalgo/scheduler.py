@@ -130,8 +130,8 @@ class Lease:
 
     Exactly once without a lock: the lease holds a list of one token, and the first
     ``pop()`` on it, a single C call, is the only one that gets the token. The release itself
-    is counted right there, lock-free, on the token's counts; the scheduler hears of it only
-    when something must react (passive health, a ledger). O(1).
+    is counted right there, lock-free, on the token's counts, unless the scheduler must hear
+    of it (passive health, a ledger, bounded loads): then the scheduler counts it. O(1).
 
     >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
     >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
@@ -146,9 +146,10 @@ class Lease:
 
     def __init__(self, backend: Backend, token: Slot, end: Callable[[Slot, bool], None]):
         """Schedulers build leases (``connection()``) on the pick's counts (``token``).
-        ``end(token, failed)`` is called at most once: by ``fail()`` with ``True`` (nothing
-        counted yet), or after the release was counted with ``False`` when ``token.notify``
-        says the scheduler must hear of it."""
+        ``end(token, failed)`` is called at most once, to count the release and react to it:
+        by ``fail()`` with ``True``, and by ``release()`` or the block's exit with ``False``
+        when ``token.notify`` says the scheduler must hear of it (otherwise the lease counts
+        the release itself)."""
         self.backend: Backend = backend
         """The backend this lease holds a connection slot on."""
         self._once = [token]
@@ -165,11 +166,11 @@ class Lease:
             token = self._once.pop()
         except IndexError:
             return
-        # Tally.end inlined (see lbalgo._counter): counted if within the open count
-        if (
-            next(token.ends) + steps_left(token.picks) < token.limit or token.void_excess()
-        ) and token.notify:
+        if token.notify:  # the scheduler counts it and hears of it
             self._end(token, False)
+        # Tally.end inlined (see lbalgo._counter): counted if within the open count
+        elif next(token.ends) + steps_left(token.picks) >= token.limit:
+            token.void_excess()
 
     def fail(self) -> None:
         """Report a failure of this backend to passive health, then release (idempotent)."""
@@ -193,10 +194,10 @@ class Lease:
             token = self._once.pop()
         except IndexError:
             return
-        if (
-            next(token.ends) + steps_left(token.picks) < token.limit or token.void_excess()
-        ) and token.notify:
+        if token.notify:
             self._end(token, False)
+        elif next(token.ends) + steps_left(token.picks) >= token.limit:
+            token.void_excess()
 
     async def __aenter__(self) -> Lease:
         return self

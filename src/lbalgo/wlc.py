@@ -223,22 +223,6 @@ class WeightedLeastConnections(BaseScheduler):
 
     _hooked = True  # every release reaches the ledger
 
-    def _finish_lease(self, slot: Slot, failed: bool) -> None:
-        # every release of a lease reaches the ledger, under the lock (the lease has counted
-        # it on the slot unless it failed; the local ledger's count is the slot's)
-        local = self._local
-        if not slot.live:
-            return
-        if failed or local is None:
-            super()._finish_lease(slot, failed)
-            return
-        lock = self._lock
-        lock.acquire()
-        try:
-            local.release_open(slot.key)
-        finally:
-            lock.release()
-
     def _finish(self, slot: Slot, failed: bool) -> None:
         local = self._local
         if local is None or failed:
