@@ -403,6 +403,28 @@ def test_update_carries_state_by_key(sched: Scheduler) -> None:
 # -- bad input leaves state exactly as before --------------------------------------------------
 
 
+class _Lookalike:
+    """Not a Backend, but carrying a backend's ``key``: release finds its slot by key on the
+    fast path, and must still refuse this (the slow path's check) and count nothing."""
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Lookalike({self.key!r})"
+
+
+class _RaisingKey:
+    """Not a Backend, and reading its ``key`` raises something else than a TypeError."""
+
+    @property
+    def key(self) -> str:
+        raise RuntimeError("no key here")
+
+    def __repr__(self) -> str:
+        return "RaisingKey()"
+
+
 def _busy(kind: Kind) -> Scheduler:
     sched = kind.build(ABC)
     for i in range(5):
@@ -422,6 +444,10 @@ def _busy(kind: Kind) -> Scheduler:
         (lambda s: s.mark_down("192.0.2.9:80"), KeyError, r"192\.0\.2\.9:80"),
         (lambda s: s.mark_up("192.0.2.9:80"), KeyError, r"192\.0\.2\.9:80"),
         (lambda s: s.release("192.0.2.1:80"), TypeError, r"192\.0\.2\.1:80"),
+        (lambda s: s.release(_Lookalike(A.key)), TypeError, r"Lookalike\('192\.0\.2\.1:80'\)"),
+        (lambda s: s.release(_Lookalike([A.key])), TypeError, r"Lookalike\(\['192"),
+        (lambda s: s.release(_RaisingKey()), TypeError, r"RaisingKey\(\)"),
+        (lambda s: s.release(A, failed=1), TypeError, "failed must be a bool, got 1"),
     ],
     ids=[
         "exclude-str",
@@ -432,6 +458,10 @@ def _busy(kind: Kind) -> Scheduler:
         "mark_down-unknown",
         "mark_up-unknown",
         "release-str",
+        "release-lookalike-with-a-key",
+        "release-lookalike-unhashable-key",
+        "release-key-raises",
+        "release-failed-int",
     ],
 )
 def test_bad_input_leaves_state_alone(

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 
+from lbalgo._counter import steps_left
 from lbalgo._options import check_group, check_options, check_release, normalize_exclude
 from lbalgo._passive import PassiveHealth
 from lbalgo._slot import Slot
@@ -72,12 +73,9 @@ class BaseScheduler(ABC):
         self._group = group
         self._slots: dict[str, Slot] = {b.key: Slot(b, self._hooked) for b in group}
         self._order: tuple[Slot, ...] = tuple(self._slots.values())
-        # id of each current Backend object -> its slot: a release finds the slot of the
-        # very object its pick returned without reading the key (a property) or hashing
-        self._by_id = {id(slot.backend): slot for slot in self._order}
         # earliest clock value at which a ramp steps or a suspension lifts (inf: none)
         self._next_event = math.inf
-        # bound once: every lease calls it, and a bound method is an allocation
+        # bound once: every lease holds it, and a bound method is an allocation
         self._end_lease = self._finish_lease
         with self._lock:
             self._rebuild()
@@ -134,17 +132,26 @@ class BaseScheduler(ABC):
         this backend's trial or the algorithm counts releases itself. ``TypeError`` naming
         the value if ``backend`` is not a ``Backend`` or ``failed`` not a ``bool``.
         """
-        # the backend a pick returned, found by identity: no key property, no type check
-        slot = self._by_id.get(id(backend))
-        if slot is None or slot.backend is not backend or failed is not False:
+        # The fast path: the very Backend a pick returned (its key a plain slot, its slot
+        # found by a str key whose hash is cached). Anything else, checked on the slow path.
+        try:
+            slot = self._slots[backend.key]
+        except Exception:  # not a Backend, or not in the group: the slow path says which
+            self._release_checked(backend, failed)
+            return
+        if slot.backend is not backend or failed is not False:
             self._release_checked(backend, failed)
             return
         # Tally.end inlined: end number n is within the open count if n + picks left < limit
-        if next(slot.ends) + slot.picks_left() >= slot.limit and not slot.void_excess():
-            return
-        if slot.notify:
-            with self._lock:
+        if (
+            next(slot.ends) + steps_left(slot.picks) < slot.limit or slot.void_excess()
+        ) and slot.notify:
+            lock = self._lock
+            lock.acquire()
+            try:
                 self._after_release(slot, False)
+            finally:
+                lock.release()
 
     def mark_down(self, key: str) -> None:
         """A health check failed: ``key`` gets no new picks until ``mark_up``."""
@@ -218,7 +225,6 @@ class BaseScheduler(ABC):
             self._group = group
             self._slots = slots
             self._order = tuple(slots.values())
-            self._by_id = {id(slot.backend): slot for slot in self._order}
             if added:
                 self._start_ramp(added)
             if len(self._order) == 1 and self._passive is not None:
@@ -303,19 +309,27 @@ class BaseScheduler(ABC):
 
     def _pick_slot(self, client: Client, exclude: Exclude) -> Slot:
         excluded = normalize_exclude(exclude) if exclude else frozenset()
-        with self._lock:
+        # the lock taken by hand on the paths a request takes: a `with` block on a C lock
+        # costs about three empty method calls more (CPython 3.11)
+        lock = self._lock
+        lock.acquire()
+        try:
             now = self._now()
             if now >= self._next_event:
                 self._tick(now)
             slot = self._choose(client, excluded, now)
             self._count_pick(slot, now)
             return slot
+        finally:
+            lock.release()
 
     def _take(self, key: str, exclude: Exclude) -> Slot | None:
         if not isinstance(key, str):
             raise InvalidTypeError(f"key must be a backend key (str), got {shown(key)}")
         excluded = exclude if isinstance(exclude, frozenset) else normalize_exclude(exclude)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             slot = self._slots.get(key)
             if slot is None or key in excluded:
                 return None
@@ -327,6 +341,8 @@ class BaseScheduler(ABC):
             self._taken(slot)
             self._count_pick(slot, now)
             return slot
+        finally:
+            lock.release()
 
     def _count_pick(self, slot: Slot, now: float) -> None:
         """Count a pick of ``slot`` (under the lock): maybe nginx's check, or a trial."""
@@ -355,7 +371,6 @@ class BaseScheduler(ABC):
     def _check(self) -> None:
         """Assert the invariants of the shared state (the stateful tests call it)."""
         assert tuple(self._slots.values()) == self._order
-        assert self._by_id == {id(slot.backend): slot for slot in self._order}
         assert [s.key for s in self._order] == list(self._group.keys())
         for slot in self._order:
             slot._check()
@@ -395,29 +410,25 @@ class BaseScheduler(ABC):
         if slot is not None:
             self._finish(slot, fail)
 
-    def _finish_lease(self, token: object, failed: bool) -> None:
-        slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots
+    def _finish_lease(self, slot: Slot, failed: bool) -> None:
+        """A lease's release that the scheduler must count and hear of (see
+        :class:`~lbalgo.Lease`): a failure, or a release while ``slot.notify``."""
         # a lease outliving its backend's removal (or a re-added key) counts nowhere
-        if not slot.live:
-            return
-        if failed:
-            self._finish(slot, True)
-        elif (
-            next(slot.ends) + slot.picks_left() < slot.limit or slot.void_excess()
-        ) and slot.notify:
-            with self._lock:
-                self._after_release(slot, False)
+        if slot.live:
+            self._finish(slot, failed)
 
     def _finish(self, slot: Slot, failed: bool) -> None:
         """One release of ``slot``: lock-free unless something must hear of it."""
-        if not failed:
-            if slot.end() and slot.notify:
-                with self._lock:
-                    self._after_release(slot, False)
+        if not failed and not (slot.end() and slot.notify):
             return
-        with self._lock:
-            if slot.end():  # a release beyond the open count reports nothing
-                self._after_release(slot, True)
+        lock = self._lock
+        lock.acquire()
+        try:
+            # a failed release beyond the open count reports nothing
+            if not failed or slot.end():
+                self._after_release(slot, failed)
+        finally:
+            lock.release()
 
     def _after_release(self, slot: Slot, failed: bool) -> None:
         """React to one counted release (under the lock): passive health, then the

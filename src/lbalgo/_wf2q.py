@@ -111,12 +111,14 @@ class WF2QSchedule:
         """Queue the pending key with its current count and schedule place."""
         pos = self._pending
         self._pending = -1
+        self._flush_at(pos, self._start[pos], self._load[pos], self._vt)
+
+    def _flush_at(self, pos: int, s: int, count: int, vt: int) -> None:
+        """Queue ``pos``, which has no current entry, with start ``s`` and ``count`` at ``vt``."""
         mark = self._stamp[pos] + 1
         self._stamp[pos] = mark
         u = self._unit[pos]
-        s = self._start[pos]
-        count = self._load[pos]
-        if s <= self._vt:
+        if s <= vt:
             self._state[pos] = READY
             heappush(self._ready_heap, (count * u, s + u, pos, mark))
         elif count:

@@ -136,7 +136,8 @@ class Backend:
     port: int
     weight: int = 1
     name: str | None = field(default=None, kw_only=True)
-    _key: str = field(init=False, repr=False, compare=False, hash=False)
+    key: str = field(init=False, repr=False, compare=False, hash=False)
+    """The backend's identity: ``name`` if given, else ``"host:port"`` (derived, read-only)."""
 
     def __post_init__(self) -> None:
         host = _canonical_host(self.host)
@@ -149,13 +150,9 @@ class Backend:
             key = f"[{host}]:{self.port}"
         else:
             key = f"{host}:{self.port}"
-        # cached because schedulers look the key up on every release
-        object.__setattr__(self, "_key", key)
-
-    @property
-    def key(self) -> str:
-        """The backend's identity: ``name`` if given, else ``"host:port"``."""
-        return self._key
+        # a plain slot, not a property: schedulers read it on every release, and a slot
+        # is read without a Python call
+        object.__setattr__(self, "key", key)
 
     @property
     def address(self) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heappushpop
 
 from lbalgo._validate import integer, shown
-from lbalgo._wf2q import BUSY, IDLE, OUT, PENDING, READY, WF2QSchedule
+from lbalgo._wf2q import IDLE, OUT, PENDING, WF2QSchedule
 from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
 
 __all__ = ["LocalLedger"]
@@ -174,43 +174,54 @@ class LocalLedger(WF2QSchedule):
     def acquire(self, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """Take the least-loaded eligible key not in ``exclude`` and count it, amortised
         O(log n) (plus O(k log n) for k excluded keys); ``None`` if no key qualifies."""
+        # Every pick runs this: the state is read into locals once, and the common cases
+        # (_flush, the tops' staleness checks, _advance) are written out.
         vt = self._vt
         stamp = self._stamp
+        ready = self._ready_heap
+        idle = self._idle_heap
         pos = self._pending
+        parked = None  # the pending key's idle entry, queued together with the pop below
         if pos >= 0:
-            # _flush(), written out for the common case: queue the key acquired last
+            # _flush(): the key acquired last has no entry in any heap, so its stamp stays
             self._pending = -1
-            mark = stamp[pos] + 1
-            stamp[pos] = mark
-            u = self._unit[pos]
             s = self._start[pos]
             count = self._load[pos]
-            if s <= vt:
-                self._state[pos] = READY
-                heappush(self._ready_heap, (count * u, s + u, pos, mark))
-            elif count:
-                self._state[pos] = BUSY
-                heappush(self._busy_heap, (count * u, s, pos, mark))
-                heappush(self._busy_wakeups, (s, pos))
-            else:
+            if s > vt and not count:
                 self._state[pos] = IDLE
-                heappush(self._idle_heap, (s, pos, mark))
-            self._pushes += 1
-            if self._pushes > self._limit:
-                self._rebuild_heaps()
-        idle = self._idle_heap
+                parked = (s, pos, stamp[pos])
+            else:
+                self._flush_at(pos, s, count, vt)
+                ready, idle = self._ready_heap, self._idle_heap  # a rebuild replaces them
+        # (the parked entry cannot wake: its S is past the clock)
         if (idle and idle[0][0] <= vt) or (self._busy_wakeups and self._busy_wakeups[0][0] <= vt):
             self._wake()
         if exclude:
+            if parked is not None:
+                heappush(idle, parked)
             return self._acquire_excluding(exclude)
-        ready = self._ready_heap
-        while ready and ready[0][3] != stamp[ready[0][2]]:
+        while ready:
+            top = ready[0]
+            if top[3] == stamp[top[2]]:
+                break
             heappop(ready)
         if ready and not ready[0][0]:
-            # the common case: a ready key with no connection, which nothing beats
+            # the common case under load: a ready key with no connection, which nothing beats
             pos = heappop(ready)[2]
+            if parked is not None:
+                heappush(idle, parked)
+        elif parked is not None:
+            # no connection beats any ready key's positive ratio: the idle key with the
+            # earliest S, the parked one included (queued and popped in one C call)
+            first = heappushpop(idle, parked)
+            while first[2] != stamp[first[1]]:  # parked is current: this ends
+                first = heappop(idle)
+            pos = first[1]
         else:
-            while idle and idle[0][2] != stamp[idle[0][1]]:
+            while idle:
+                first = idle[0]
+                if first[2] == stamp[first[1]]:
+                    break
                 heappop(idle)
             if idle:  # no connection beats any ready key's positive ratio
                 pos = heappop(idle)[1]
@@ -225,7 +236,7 @@ class LocalLedger(WF2QSchedule):
                     pos = heappop(busy)[2]
                 else:
                     return None
-        # _advance(pos), written out: this is the hot path of every pick
+        # _advance(pos), written out
         u = self._unit[pos]
         self._load[pos] += 1
         nvt = vt + self._step
@@ -271,18 +282,20 @@ class LocalLedger(WF2QSchedule):
 
         The scheduler's fast path uses the answer instead of asking :meth:`count` first.
         """
-        pos = self._index.get(key)
-        if pos is None:
+        try:
+            pos = self._index[key]
+        except KeyError:  # not eligible (draining, or unknown)
             count = self._draining.get(key, 0)
             if count > 1:
                 self._draining[key] = count - 1
             elif count == 1:
                 del self._draining[key]
             return count > 0
-        count = self._load[pos]
+        load = self._load
+        count = load[pos]
         if not count:
             return False
-        self._load[pos] = count - 1
+        load[pos] = count - 1
         # a pending key is queued with its count at the flush; one out is in no heap
         if pos != self._pending and self._state[pos] != OUT:
             self._requeue(pos)

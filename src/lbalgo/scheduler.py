@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from operator import length_hint
 from types import TracebackType
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from lbalgo._counter import steps_left
+from lbalgo._slot import Slot
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo.backend import Backend, BackendGroup
 
@@ -127,8 +128,10 @@ class Lease:
     ``async with``) it is released on exit, also when the block raises; a lease may also be
     kept past a block and released by hand later, for streamed responses.
 
-    Exactly once without a lock: the lease holds an iterator over one token, and the first
-    ``next()`` on it, a single C call, is the only one that gets the token. O(1).
+    Exactly once without a lock: the lease holds a list of one token, and the first
+    ``pop()`` on it, a single C call, is the only one that gets the token. The release itself
+    is counted right there, lock-free, on the token's counts, unless the scheduler must hear
+    of it (passive health, a ledger, bounded loads): then the scheduler counts it. O(1).
 
     >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
     >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
@@ -141,30 +144,41 @@ class Lease:
 
     __slots__ = ("_end", "_once", "backend")
 
-    def __init__(self, backend: Backend, token: object, end: Callable[[object, bool], None]):
-        """Schedulers build leases (``connection()``): ``end(token, failed)`` is called
-        exactly once, by the first of ``release``, ``fail`` or the block's exit."""
+    def __init__(self, backend: Backend, token: Slot, end: Callable[[Slot, bool], None]):
+        """Schedulers build leases (``connection()``) on the pick's counts (``token``).
+        ``end(token, failed)`` is called at most once, to count the release and react to it:
+        by ``fail()`` with ``True``, and by ``release()`` or the block's exit with ``False``
+        when ``token.notify`` says the scheduler must hear of it (otherwise the lease counts
+        the release itself)."""
         self.backend: Backend = backend
         """The backend this lease holds a connection slot on."""
-        self._once = iter((token,))
+        self._once = [token]
         self._end = end
 
     @property
     def released(self) -> bool:
         """Whether the lease has ended (released or failed)."""
-        return not length_hint(self._once)
+        return not self._once
 
     def release(self) -> None:
         """End the lease normally (idempotent)."""
-        token = next(self._once, None)
-        if token is not None:
+        try:
+            token = self._once.pop()
+        except IndexError:
+            return
+        if token.notify:  # the scheduler counts it and hears of it
             self._end(token, False)
+        # Tally.end inlined (see lbalgo._counter): counted if within the open count
+        elif next(token.ends) + steps_left(token.picks) >= token.limit:
+            token.void_excess()
 
     def fail(self) -> None:
         """Report a failure of this backend to passive health, then release (idempotent)."""
-        token = next(self._once, None)
-        if token is not None:
-            self._end(token, True)
+        try:
+            token = self._once.pop()
+        except IndexError:
+            return
+        self._end(token, True)
 
     def __enter__(self) -> Lease:
         return self
@@ -175,9 +189,15 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        token = next(self._once, None)
-        if token is not None:
+        # release() written out: this is the hot path of every `with sched.connection():`
+        try:
+            token = self._once.pop()
+        except IndexError:
+            return
+        if token.notify:
             self._end(token, False)
+        elif next(token.ends) + steps_left(token.picks) >= token.limit:
+            token.void_excess()
 
     async def __aenter__(self) -> Lease:
         return self

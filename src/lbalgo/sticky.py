@@ -202,7 +202,9 @@ class StickySessions:
             return inner.pick(None, exclude=exclude)
         session = _session_key(client)
         excluded = normalize_exclude(exclude) if exclude else frozenset()
-        with self._lock:
+        lock = self._lock  # taken by hand: a `with` block costs ~3 empty calls more
+        lock.acquire()
+        try:
             now = self._clock()
             bindings = self._bindings
             bound = bindings.get(session)
@@ -226,6 +228,8 @@ class StickySessions:
                 bindings.popitem(last=False)
             self._expire(now, _EXPIRE_PER_PICK)
             return chosen
+        finally:
+            lock.release()
 
     def _pick_bound(
         self, client: Client, key: str, excluded: Collection[str], *, lease: bool

@@ -152,7 +152,9 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             except StopIteration:
                 pass
         excluded = normalize_exclude(exclude) if exclude else frozenset()
-        with self._lock:
+        lock = self._lock  # taken by hand: see BaseScheduler._pick_slot
+        lock.acquire()
+        try:
             now = self._now()
             if now >= self._next_event:
                 self._tick(now)
@@ -162,6 +164,8 @@ class SmoothWeightedRoundRobin(BaseScheduler):
             slot = self._choose(client, excluded, now)
             self._count_pick(slot, now)
             return slot
+        finally:
+            lock.release()
 
     # -- the hooks of BaseScheduler ----------------------------------------------------------
 

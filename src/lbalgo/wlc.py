@@ -166,13 +166,18 @@ class WeightedLeastConnections(BaseScheduler):
         local = self._local
         if local is None or exclude:
             return self._pick_slot(client, exclude).backend
-        # the base's path minus what cannot apply here (clock, ramps, passive-health trials)
-        with self._lock:
+        # the base's path minus what cannot apply here (clock, ramps, passive-health trials);
+        # the lock taken by hand: a `with` block costs about three empty calls more
+        lock = self._lock
+        lock.acquire()
+        try:
             key = local.acquire()
             if key is None:
                 raise self._no_backend(())
             slot = self._slots[key]
             next(slot.picks)
+        finally:
+            lock.release()
         return slot.backend
 
     def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
@@ -181,46 +186,55 @@ class WeightedLeastConnections(BaseScheduler):
         local = self._local
         if local is None or exclude:
             return super().connection(client, exclude=exclude)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             key = local.acquire()
             if key is None:
                 raise self._no_backend(())
             slot = self._slots[key]
             next(slot.picks)
+        finally:
+            lock.release()
         return Lease(slot.backend, slot, self._end_lease)
 
     def release(self, backend: Backend, *, failed: bool = False) -> None:
         """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`),
         O(log n) under one short lock."""
         local = self._local
-        slot = self._by_id.get(id(backend))  # the object a pick returned: see the base
-        if local is None or slot is None or slot.backend is not backend or failed is not False:
+        try:  # the Backend a pick returned, by its key (see BaseScheduler.release)
+            slot = self._slots[backend.key]
+        except Exception:  # not a Backend, or not in the group: the base's slow path
+            local = None
+        if local is None or slot.backend is not backend or failed is not False:
             super().release(backend, failed=failed)
             return
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             # the local ledger's count for a key is this scheduler's open count: its answer
             # says whether the release is within it (a slot removed meanwhile is not live)
             if slot.live and local.release_open(slot.key):
                 next(slot.ends)
+        finally:
+            lock.release()
 
     # -- the hooks of BaseScheduler ----------------------------------------------------------
 
     _hooked = True  # every release reaches the ledger
-
-    def _finish_lease(self, token: object, failed: bool) -> None:
-        # every release of a lease goes through the ledger, under the lock
-        slot: Slot = token  # type: ignore[assignment]  # leases of this scheduler hold slots
-        if slot.live:
-            self._finish(slot, failed)
 
     def _finish(self, slot: Slot, failed: bool) -> None:
         local = self._local
         if local is None or failed:
             super()._finish(slot, failed)
             return
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if local.release_open(slot.key):
                 next(slot.ends)
+        finally:
+            lock.release()
 
     def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
         key = self._ledger.acquire(exclude)
