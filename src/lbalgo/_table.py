@@ -26,12 +26,17 @@ Invariants (checked by :meth:`RendezvousTable._check`): the owner of every cell 
 known runner-up is exactly the second lowest score; the tail is exactly the set of cells
 whose owner scores above ``theta``; outside the tail a known runner-up scores at most
 ``theta`` (so a walk up to ``theta`` meets every cell where a newcomer could displace it).
+
+The tail is a flag byte per cell (a ``bytearray`` of T, 384 KiB), not a set of cell numbers:
+its memory is fixed whatever the history of updates (a set grew past 4 MiB after many), and
+``itertools.compress`` walks its cells in C.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import sys
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
@@ -137,7 +142,7 @@ class RendezvousTable:
         self.members: list[Member | None] = []
         self.idents: dict[str, int] = {}
         self._theta = 0.0
-        self._tail: set[int] = set()
+        self._tail = bytearray()  # 1 where the cell is in the tail
         self._kept: dict[int, tuple[int, ...]] = {}
 
     # -- construction -------------------------------------------------------------------------
@@ -178,8 +183,8 @@ class RendezvousTable:
                     second[cell] = score
                     runner[cell] = ident
         del best, second
-        tail = set(compress(range(size), map(NONE.__eq__, owner)))
-        for cell in tail:
+        tail = bytearray(map(NONE.__eq__, owner))
+        for cell in compress(range(size), tail):
             owner[cell], runner[cell] = table._top_two(cell)
         table.owner = array("H", owner)
         table.runner = array("H", runner)
@@ -194,7 +199,7 @@ class RendezvousTable:
         other.members = list(self.members)
         other.idents = dict(self.idents)
         other._theta = self._theta
-        other._tail = set(self._tail)
+        other._tail = bytearray(self._tail)
         return other
 
     # -- reading -------------------------------------------------------------------------------
@@ -208,6 +213,10 @@ class RendezvousTable:
         """The id stored in ``owner``/``runner`` for the member with this key."""
         return self.idents[key]
 
+    def nbytes(self) -> int:
+        """Bytes held by the per-cell arrays (owner, runner-up, tail flag): 5 T when built."""
+        return sum(map(sys.getsizeof, (self.owner, self.runner, self._tail)))
+
     def drifted(self) -> bool:
         """Whether updates have moved the group so far from the last build that a fresh one
         is cheaper than more updates (walks or the tail several times their built size)."""
@@ -216,7 +225,7 @@ class RendezvousTable:
             return False
         expected = math.log(2 * len(members))
         spread = self._theta * sum(m.weight for m in members)
-        return spread > 2 * expected + 1 or len(self._tail) > 4 * self.size / len(members) + 64
+        return spread > 2 * expected + 1 or self._tail.count(1) > 4 * self.size / len(members) + 64
 
     def ranking(self, cell: int) -> Iterator[int]:
         """Member ids from lowest to highest score at ``cell`` (ties: lower key). O(n log n),
@@ -267,9 +276,9 @@ class RendezvousTable:
             if score < rival or (score == rival and key < held_key):
                 owner[cell] = ident
                 # the old owner is now second; out of the tail it must score <= theta
-                if cell in tail:
+                if tail[cell]:
                     runner[cell] = NONE
-                    tail.discard(cell)
+                    tail[cell] = 0
                 else:
                     runner[cell] = held
             else:
@@ -282,7 +291,7 @@ class RendezvousTable:
             cell += skip
             if cell >= size:
                 cell -= size
-        for cell in tail:
+        for cell in compress(range(size), tail):
             score = member.score(cell, size)
             if score <= theta:
                 continue  # the walk has seen it
@@ -313,7 +322,7 @@ class RendezvousTable:
         if not self.idents:
             self.owner = array("H")
             self.runner = array("H")
-            self._tail = set()
+            self._tail = bytearray()
             return
         size, theta = self.size, self._theta
         owner, runner, tail = self.owner, self.runner, self._tail
@@ -326,7 +335,7 @@ class RendezvousTable:
             cell += skip
             if cell >= size:
                 cell -= size
-        for cell in list(tail):
+        for cell in list(compress(range(size), tail)):
             if owner[cell] == ident:
                 self._hand_over(cell)
             elif runner[cell] == ident:
@@ -366,10 +375,10 @@ class RendezvousTable:
         member = self.members[first]
         assert member is not None
         if member.score(cell, self.size) > self._theta:
-            tail.add(cell)
+            tail[cell] = 1
             runner[cell] = second
             return
-        tail.discard(cell)
+        tail[cell] = 0
         other = self.members[second] if second != NONE else None
         known = other is not None and other.score(cell, self.size) <= self._theta
         runner[cell] = second if known else NONE
@@ -388,7 +397,8 @@ class RendezvousTable:
     def _check(self) -> None:
         """Assert every invariant against a full scoring of every cell: O(n T), for tests."""
         size, theta = self.size, self._theta
-        assert len(self.owner) == len(self.runner) == (size if self.idents else 0)
+        cells = size if self.idents else 0
+        assert len(self.owner) == len(self.runner) == len(self._tail) == cells
         assert {m.key: i for i, m in enumerate(self.members) if m is not None} == self.idents
         if not self.idents:
             return
@@ -398,7 +408,7 @@ class RendezvousTable:
             held = self.members[first]
             assert held is not None
             in_tail = held.score(cell, size) > theta
-            assert (cell in self._tail) == in_tail, cell
+            assert self._tail[cell] == in_tail, cell
             known = self.runner[cell]
             if known != NONE:
                 assert known == second, cell
