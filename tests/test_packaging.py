@@ -124,7 +124,7 @@ def test_the_package_and_the_cli_need_no_extra(tmp_path: Path) -> None:
     # without numpy (the fast extra) SourceIPHash builds its table in pure Python
     code = (
         "from lbalgo import Backend, BackendGroup, SourceIPHash\n"
-        "from lbalgo._table import numpy_in_use\n"
+        "from lbalgo._accel import numpy_in_use\n"
         "sched = SourceIPHash(BackendGroup([Backend('10.0.0.1', 80), Backend('10.0.0.2', 80)]))\n"
         "print(numpy_in_use(), sched.pick('192.0.2.1').key)"
     )

@@ -3,7 +3,7 @@ and the numpy kernels give exactly the pure-Python arrays.
 
 Small tables (a few hundred cells) let ``RendezvousTable._check`` score every cell against
 every member after every step; the scheduler-level tests use the real 393,209-cell table.
-Every step here runs both ways (``lbalgo._table.use_numpy``), so these tests pass with numpy
+Every step here runs both ways (``lbalgo._accel.use_numpy``), so these tests pass with numpy
 missing too, where both ways are the pure path.
 """
 
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
-from lbalgo._table import RendezvousTable, numpy_in_use, use_numpy
+from lbalgo._accel import numpy_in_use, use_numpy
+from lbalgo._table import RendezvousTable
 from lbalgo._table_updates import table_for
 
 SIZES = (101, 211, 1009)

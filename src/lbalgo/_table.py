@@ -32,19 +32,19 @@ its memory is fixed whatever the history of updates (a set grew past 4 MiB after
 
 The walks cost about T ln(2n) steps, one Python step each here (seconds at 500 members). With
 numpy installed (the ``fast`` extra) the same arrays, bit for bit, come from the vector
-kernels of :mod:`lbalgo._table_numpy`; :func:`use_numpy` chooses.
+kernels of :mod:`lbalgo._table_numpy` (:mod:`lbalgo._accel` says whether they are used).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-import os
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
 from itertools import compress
 
+from lbalgo._accel import HAVE_NUMPY, numpy_in_use
 from lbalgo._permutation import (
     NONE,
     PERMUTATION_SEED,
@@ -54,12 +54,8 @@ from lbalgo._permutation import (
     permutation,
 )
 
-try:
+if HAVE_NUMPY:
     from lbalgo import _table_numpy
-except ImportError:  # numpy is missing (the ``fast`` extra): the pure-Python path
-    _HAVE_NUMPY = False
-else:
-    _HAVE_NUMPY = True
 
 __all__ = [
     "NONE",
@@ -67,37 +63,12 @@ __all__ = [
     "TABLE_SIZE",
     "Member",
     "RendezvousTable",
-    "numpy_in_use",
     "permutation",
-    "use_numpy",
 ]
 
 _RANKINGS_KEPT = 4096  # recent cells whose first choices are kept (clients of a down backend)
 _PREFIX = 8  # choices kept per cell: enough for all but the rarest fall-through
 _log1p = math.log1p
-# LBALGO_PURE_PYTHON=1 in the environment: the pure-Python path even where numpy is installed
-_numpy_on = _HAVE_NUMPY and not os.environ.get("LBALGO_PURE_PYTHON")
-
-
-def use_numpy(enabled: bool) -> bool:
-    """Build and update tables with the numpy kernels (when numpy is installed) or in pure
-    Python; returns the previous setting. Both give the same tables, bit for bit: this is
-    for tests and benchmarks (``LBALGO_PURE_PYTHON=1`` turns numpy off at import).
-
-    >>> previous = use_numpy(False)
-    >>> numpy_in_use()
-    False
-    >>> _ = use_numpy(previous)
-    """
-    global _numpy_on
-    previous = _numpy_on
-    _numpy_on = bool(enabled) and _HAVE_NUMPY
-    return previous
-
-
-def numpy_in_use() -> bool:
-    """Whether tables are built and updated with numpy (installed and not turned off)."""
-    return _numpy_on
 
 
 class RendezvousTable:
@@ -156,7 +127,7 @@ class RendezvousTable:
         theta = math.log(2 * len(members)) / total  # leaves about T / 2n cells to the tail
         table.theta = theta
         lengths = [m.walk_length(theta, size) for m in members]
-        if _numpy_on:
+        if numpy_in_use():
             table.owner, table.runner, table.tail, table.prefix = _table_numpy.build(
                 members, lengths, size
             )
@@ -219,7 +190,7 @@ class RendezvousTable:
         """Bytes held by the per-cell arrays (owner, runner-up, tail flag: 5 T) and the
         numpy kernels' kept exponentials."""
         cells = sum(map(sys.getsizeof, (self.owner, self.runner, self.tail)))
-        return cells + (_table_numpy.nbytes(self.prefix) if _HAVE_NUMPY else 0)
+        return cells + (_table_numpy.nbytes(self.prefix) if HAVE_NUMPY else 0)
 
     def drifted(self) -> bool:
         """Whether updates have moved the group so far from the last build that a fresh one
@@ -265,7 +236,7 @@ class RendezvousTable:
         member = Member(key, weight, size)
         ident = self._new_ident(member)
         self._kept.clear()
-        if _numpy_on:
+        if numpy_in_use():
             _table_numpy.add(self, ident)
             return
         members, owner, runner, tail = self.members, self.owner, self.runner, self.tail
@@ -331,7 +302,7 @@ class RendezvousTable:
             self.runner = array("H")
             self.tail = bytearray()
             return
-        if _numpy_on:
+        if numpy_in_use():
             _table_numpy.remove(self, member, ident)
             return
         size, theta = self.size, self.theta

@@ -18,6 +18,7 @@ Exactness is what placement needs (every process, with or without numpy, must ag
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from collections.abc import Sequence
@@ -37,6 +38,10 @@ Vector = npt.NDArray[Any]
 
 _log1p = math.log1p
 _CHUNK = 1 << 20  # scores scored at once by top_two: 8 MiB of floats
+_GRID = 16  # the rank step of the exponentials that bound a score from below and above
+# bounds widened by far more than any libm's log1p error (an ulp or two: 2e-16), so that they
+# hold even where log1p is not exactly monotonic
+_SLACK = 1e-9
 
 
 def exponentials(ranks: Vector, size: int) -> Vector:
@@ -196,7 +201,10 @@ def _top_two(
     for start in range(0, len(cells), step):
         chunk = cells[start : start + step]
         ranks = (chunk - offsets) * inverses % size
-        scores = _exponentials_at(ranks.ravel(), prefix, size).reshape(ranks.shape) / weights
+        if len(present) > 2:
+            scores = _screened_scores(ranks, weights, size, prefix)
+        else:
+            scores = _exponentials_at(ranks.ravel(), prefix, size).reshape(ranks.shape) / weights
         columns = np.arange(len(chunk))
         lowest = scores.argmin(axis=0)  # the first of equal scores: the lower key
         first[start : start + step] = ids[lowest]
@@ -207,6 +215,31 @@ def _top_two(
             second[start : start + step] = ids[lowest]
             second_score[start : start + step] = scores[lowest, columns]
     return first, second, first_score, second_score
+
+
+def _screened_scores(ranks: Vector, weights: Vector, size: int, prefix: Vector) -> Vector:
+    """Members' scores (rows) at cells (columns), exact wherever a score may be one of its
+    cell's two lowest and infinite elsewhere: bounds from ``E`` at every ``_GRID``-th rank
+    (``E`` grows with the rank) rule out most members of a cell before any log1p."""
+    grid = _grid(size)
+    low = grid[ranks // _GRID] / weights * (1 - _SLACK)
+    high = grid[-(-ranks // _GRID)] / weights * (1 + _SLACK)
+    # a score can be among the two lowest only if its lower bound is at most the second
+    # lowest upper bound
+    maybe = low <= np.partition(high, 1, axis=0)[1]
+    scores = np.full(ranks.shape, np.inf)
+    scores[maybe] = (
+        _exponentials_at(ranks[maybe], prefix, size) / np.broadcast_to(weights, ranks.shape)[maybe]
+    )
+    return scores
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> Vector:
+    """``E`` at the ranks 0, G, 2G, ... (the last rank where a multiple passes it): 24,577
+    values (192 KiB) for the real table, kept for the process (four sizes at most)."""
+    ranks = np.minimum(np.arange(0, size - 1 + 2 * _GRID, _GRID, dtype=np.int64), size - 1)
+    return exponentials(ranks, size)
 
 
 class _Scoring:
