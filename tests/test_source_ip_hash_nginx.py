@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
 from lbalgo._address import address_key, address_text, remote_addr
 from lbalgo._nginx_chash import POINTS_PER_WEIGHT, Ring, server_points
 from nginx_harness import NginxHarness, nginx_harness, require_nginx, upstream_servers
+from support.kernels import numpy_kernels
 
 __all__ = ["nginx_harness"]  # the fixture, re-exported so pytest finds it here
 
@@ -104,6 +105,26 @@ def test_ring_has_160_points_per_weight_unit() -> None:
         points = server_points(server, weight)
         assert len(points) == weight * POINTS_PER_WEIGHT
         assert sum(owner == index for owner in ring.owners) == len(points)
+
+
+SERVER_TEXTS = st.sampled_from(
+    ["10.0.0.1:80", "10.0.0.2:8080", "10.0.0.3", "[::1]:81", "backend.example:9000", "unix:/s"]
+    + [f"127.0.{i}.1:{1000 + i}" for i in range(20)]
+)
+
+
+@settings(max_examples=40)
+@given(servers=st.lists(st.tuples(SERVER_TEXTS, st.integers(1, 12)), min_size=1, max_size=10))
+def test_the_numpy_ring_is_the_pure_ring(servers: list[tuple[str, int]]) -> None:
+    # the same points, the same owners (a server listed twice: its equal points go to the
+    # first), with and without the numpy kernels
+    with numpy_kernels(False):
+        pure = Ring(servers)
+    with numpy_kernels(True):
+        fast = Ring(servers)
+    assert fast.values == pure.values
+    assert fast.owners == pure.owners
+    assert len(pure) == len(set(pure.values))
 
 
 def test_server_text_is_split_as_nginx_does() -> None:

@@ -11,30 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
-from lbalgo._accel import numpy_in_use, use_numpy
+from lbalgo._accel import numpy_in_use
 from lbalgo._table import RendezvousTable
 from lbalgo._table_updates import table_for
+from support.kernels import numpy_kernels
 
 SIZES = (101, 211, 1009)
 KEYS = st.sampled_from([f"10.0.0.{i}:80" for i in range(1, 25)])
 WEIGHTS = st.integers(min_value=1, max_value=100)
-
-
-@contextmanager
-def numpy_kernels(enabled: bool) -> Iterator[None]:
-    previous = use_numpy(enabled)
-    try:
-        yield
-    finally:
-        use_numpy(previous)
 
 
 def arrays(table: RendezvousTable) -> tuple[bytes, bytes, bytes, float, list[str | None]]:

@@ -69,6 +69,10 @@ def build(
         count = lengths[ident]
         cells = _walk(member, count, size)
         scores = prefix[:count] / member.weight
+        if not ident:  # the first member takes every cell it walks
+            best[cells] = scores
+            owner[cells] = ident
+            continue
         held = best[cells]
         # index lists rather than masks: each is used several times, and is shorter
         wins = np.flatnonzero(scores < held)
@@ -101,27 +105,29 @@ def add(table: RendezvousTable, ident: int) -> None:
     owner, runner, tail = _views(table)
     scoring = _Scoring(table)
     count = member.walk_length(theta, size)
-    prefix = scoring.prefix_for(count)
+    scoring.prefix_for(count)
     cells = _walk(member, count, size)
-    scores = prefix[:count] / member.weight
+    mine = np.arange(count, dtype=np.int64)  # its ranks there
     held = owner[cells].astype(np.intp)
-    takes = scoring.beats(ident, scores, held, cells)
+    takes = scoring.before(ident, mine, held, cells)
     taken = cells[takes]
     # the old owner is now second; out of the tail it must score <= theta, so in it: unknown
     runner[taken] = np.where(tail[taken] != 0, NONE, held[takes])
     tail[taken] = 0
     owner[taken] = ident
-    scoring.displace_runner(ident, cells[~takes], scores[~takes], runner)
+    lost = ~takes
+    scoring.displace_runner(ident, mine[lost], cells[lost], runner)
     cells = np.flatnonzero(tail)
-    scores = scoring.scores(member, cells)
-    beyond = scores > theta  # below, the walk has seen it
-    cells, scores = cells[beyond], scores[beyond]
+    mine = scoring.ranks(np.full(len(cells), ident, np.intp), cells)
+    beyond = scoring.above(ident, mine, theta)  # below, the walk has seen it
+    cells, mine = cells[beyond], mine[beyond]
     held = owner[cells].astype(np.intp)
-    takes = scoring.beats(ident, scores, held, cells)
+    takes = scoring.before(ident, mine, held, cells)
     taken = cells[takes]
     owner[taken] = ident
     runner[taken] = held[takes]
-    scoring.displace_runner(ident, cells[~takes], scores[~takes], runner)
+    lost = ~takes
+    scoring.displace_runner(ident, mine[lost], cells[lost], runner)
 
 
 def remove(table: RendezvousTable, member: Member, ident: int) -> None:
@@ -155,10 +161,9 @@ def remove(table: RendezvousTable, member: Member, ident: int) -> None:
 
 def _walk(member: Member, count: int, size: int) -> Vector:
     """The member's cells of ranks 0 .. count - 1."""
-    cells = np.arange(count, dtype=np.int64)
-    cells *= member.skip
-    cells += member.offset
-    cells %= size
+    start, skip = member.offset, member.skip
+    cells = np.arange(start, start + count * skip, skip, dtype=np.int64)
+    np.remainder(cells, size, out=cells)
     return cells
 
 
@@ -272,28 +277,63 @@ class _Scoring:
             self.prefix = self.table.prefix = prefix
         return prefix
 
-    def scores(self, member: Member, cells: Vector) -> Vector:
-        """``member``'s scores at ``cells``."""
-        ranks = (cells - member.offset) * member.inverse % self.size
-        return _exponentials_at(ranks, self.prefix, self.size) / member.weight
+    def ranks(self, ids: Vector, cells: Vector) -> Vector:
+        """The rank of member ``ids[j]`` at ``cells[j]``, for every j."""
+        ranks: Vector = (cells - self.offsets[ids]) * self.inverses[ids] % self.size
+        return ranks
 
-    def held_scores(self, ids: Vector, cells: Vector) -> Vector:
-        """The score of member ``ids[j]`` at ``cells[j]``, for every j."""
-        ranks = (cells - self.offsets[ids]) * self.inverses[ids] % self.size
-        return _exponentials_at(ranks, self.prefix, self.size) / self.weights[ids]
-
-    def beats(self, ident: int, scores: Vector, ids: Vector, cells: Vector) -> Vector:
-        """Where member ``ident``, scoring ``scores``, ranks before member ``ids``."""
-        theirs = self.held_scores(ids, cells)
-        order = self.order
-        wins: Vector = (scores < theirs) | ((scores == theirs) & (order[ident] < order[ids]))
+    def before(self, ident: int, mine: Vector, ids: Vector, cells: Vector) -> Vector:
+        """Where member ``ident``, of ranks ``mine`` at ``cells``, ranks before member
+        ``ids`` there: a lower score, or an equal one and the lower key. Exact; log1p only
+        where the bounds of the two scores overlap."""
+        weight = np.full(len(mine), self.weights[ident])
+        theirs, their_weight = self.ranks(ids, cells), self.weights[ids]
+        low, high = self._bounds(mine, weight)
+        their_low, their_high = self._bounds(theirs, their_weight)
+        wins: Vector = high < their_low
+        unsure = np.flatnonzero(~wins & (low <= their_high))
+        if len(unsure):
+            ours = self._exact(mine[unsure], weight[unsure])
+            other = self._exact(theirs[unsure], their_weight[unsure])
+            order = self.order
+            tie = (ours == other) & (order[ident] < order[ids[unsure]])
+            wins[unsure] = (ours < other) | tie
         return wins
 
-    def displace_runner(self, ident: int, cells: Vector, scores: Vector, runner: Vector) -> None:
-        """Member ``ident`` (not the owner there) becomes the runner-up of the ``cells`` whose
-        known runner-up it beats."""
+    def above(self, ident: int, mine: Vector, theta: float) -> Vector:
+        """Where member ``ident``, of ranks ``mine``, scores above ``theta``: exact."""
+        weight = np.full(len(mine), self.weights[ident])
+        low, high = self._bounds(mine, weight)
+        over: Vector = low > theta
+        unsure = np.flatnonzero(~over & (high > theta))
+        over[unsure] = self._exact(mine[unsure], weight[unsure]) > theta
+        return over
+
+    def displace_runner(self, ident: int, mine: Vector, cells: Vector, runner: Vector) -> None:
+        """Member ``ident`` (of ranks ``mine`` at ``cells``, where it does not own) becomes
+        the runner-up of the cells whose known runner-up it beats."""
         second = runner[cells]
-        known = second != NONE
-        cells, scores = cells[known], scores[known]
-        better = self.beats(ident, scores, second[known].astype(np.intp), cells)
+        known = np.flatnonzero(second != NONE)
+        cells = cells[known]
+        better = self.before(ident, mine[known], second[known].astype(np.intp), cells)
         runner[cells[better]] = ident
+
+    def _exact(self, ranks: Vector, weights: Vector) -> Vector:
+        exact: Vector = _exponentials_at(ranks, self.prefix, self.size) / weights
+        return exact
+
+    def _bounds(self, ranks: Vector, weights: Vector) -> tuple[Vector, Vector]:
+        """Scores at most and at least the exact ones: the exact score itself where the
+        kept prefix has its rank, else from ``E`` on the rank grid."""
+        prefix = self.prefix
+        inside = ranks < len(prefix)
+        low = np.empty(len(ranks))
+        high = np.empty(len(ranks))
+        near = np.flatnonzero(inside)
+        low[near] = high[near] = prefix[ranks[near]] / weights[near]
+        far = np.flatnonzero(~inside)
+        ranks, weights = ranks[far], weights[far]
+        grid = _grid(self.size)
+        low[far] = grid[ranks // _GRID] / weights * (1 - _SLACK)
+        high[far] = grid[-(-ranks // _GRID)] / weights * (1 + _SLACK)
+        return low, high
