@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ipaddress
+import itertools
 import random
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +127,46 @@ def test_the_numpy_ring_is_the_pure_ring(servers: list[tuple[str, int]]) -> None
     assert fast.values == pure.values
     assert fast.owners == pure.owners
     assert len(pure) == len(set(pure.values))
+
+
+def test_picks_go_on_while_a_new_ring_is_built() -> None:
+    """A weight change rebuilds nginx's ring (hundreds of thousands of points) before the
+    scheduler's lock is taken: a thread picking meanwhile (under that lock, in nginx mode)
+    is never held up for the build, only for the swap."""
+    rng = random.Random(88)
+    group = BackendGroup(
+        Backend(f"10.3.{i // 250}.{i % 250 + 1}", 8080, rng.randint(1, 100)) for i in range(300)
+    )
+    sched = SourceIPHash(group, compat="nginx")
+    reweighted = BackendGroup(b.with_weight(b.weight % 100 + 1) for b in group)
+    done = threading.Event()
+    stamps: list[float] = []
+
+    def keep_picking() -> None:
+        for i in range(20_000_000):  # bounded; ends when the update does
+            sched.pick(f"198.51.100.{i % 250 + 1}")
+            stamps.append(time.perf_counter())
+            if done.is_set():
+                return
+
+    picker = threading.Thread(target=keep_picking)
+    picker.start()
+    try:
+        while not stamps:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        sched.update(reweighted)
+        end = time.perf_counter()
+    finally:
+        done.set()
+        picker.join(60)
+    assert not picker.is_alive()
+    assert sched.group is reweighted
+    during = [start, *(t for t in stamps if start < t < end), end]
+    longest = max(b - a for a, b in itertools.pairwise(during))
+    # built under the lock, the picker would wait for the whole build (most of the update);
+    # outside it, only for the swap and the interpreter's thread switches
+    assert longest < (end - start) / 2, (longest, end - start, len(during))
 
 
 def test_server_text_is_split_as_nginx_does() -> None:
