@@ -12,7 +12,6 @@ down, failed or already tried; after 20 steps nginx gives up and round-robins.
 
 from __future__ import annotations
 
-import functools
 import struct
 import zlib
 from array import array
@@ -181,9 +180,9 @@ def _numpy_ring(servers: Sequence[tuple[str, int]]) -> tuple[array[int], array[i
     return array("I", values.tobytes()), array("H", owners.tobytes())
 
 
-@functools.cache
 def _chain_tables() -> tuple[Any, Any]:
-    """L(p) for the low and the high 16 bits of p: 512 KiB, made once."""
+    """L(p) for the low and the high 16 bits of p (512 KiB: a millisecond to make, so made
+    for each ring rather than kept)."""
     zero = zlib.crc32(bytes(4))
     pack = _LITTLE_ENDIAN.pack
     byte = [
