@@ -380,6 +380,8 @@ class RendezvousTable:
         size, theta = self.size, self.theta
         cells = size if self.idents else 0
         assert len(self.owner) == len(self.runner) == len(self.tail) == cells
+        if HAVE_NUMPY:
+            _table_numpy.check_prefix(self.prefix, size)
         assert {m.key: i for i, m in enumerate(self.members) if m is not None} == self.idents
         if not self.idents:
             return

@@ -28,11 +28,12 @@ import numpy as np
 import numpy.typing as npt
 
 from lbalgo._permutation import NONE, Member
+from lbalgo._permutation import exponentials as plain_exponentials
 
 if TYPE_CHECKING:
     from lbalgo._table import RendezvousTable
 
-__all__ = ["add", "build", "exponentials", "nbytes", "remove"]
+__all__ = ["add", "build", "check_prefix", "exponentials", "nbytes", "remove"]
 
 Vector = npt.NDArray[Any]
 
@@ -48,6 +49,12 @@ def exponentials(ranks: Vector, size: int) -> Vector:
     """``E(k)`` for every rank, equal to :func:`lbalgo._permutation.exponentials`' values."""
     arguments = (-(ranks + 0.5) / size).tolist()
     return -np.fromiter(map(_log1p, arguments), np.float64, len(arguments))
+
+
+def check_prefix(prefix: object, size: int) -> None:
+    """Assert that kept exponentials are exactly ``E(0 .. len - 1)`` (for ``_check``)."""
+    if isinstance(prefix, np.ndarray):
+        assert prefix.tolist() == plain_exponentials(len(prefix), size)
 
 
 def nbytes(prefix: object) -> int:
