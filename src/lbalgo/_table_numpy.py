@@ -47,8 +47,9 @@ _SLACK = 1e-9
 
 def exponentials(ranks: Vector, size: int) -> Vector:
     """``E(k)`` for every rank, equal to :func:`lbalgo._permutation.exponentials`' values."""
-    arguments = (-(ranks + 0.5) / size).tolist()
-    return -np.fromiter(map(_log1p, arguments), np.float64, len(arguments))
+    arguments = -(ranks + 0.5) / size
+    # iterating a memoryview makes each Python float as it is needed (no list of them)
+    return -np.fromiter(map(_log1p, arguments.data), np.float64, len(arguments))
 
 
 def check_prefix(prefix: object, size: int) -> None:
