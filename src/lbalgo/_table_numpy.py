@@ -98,7 +98,7 @@ def build(
     del best, second
     tail = owner == NONE
     cells = np.flatnonzero(tail)
-    first, runner_up, _, _ = _top_two(list(enumerate(members)), cells, size, prefix)
+    first, runner_up, _, _ = _top_two(list(enumerate(members)), cells, size, prefix, False)
     owner[cells] = first
     runner[cells] = runner_up
     return array("H", owner.tobytes()), array("H", runner.tobytes()), bytearray(tail), prefix
@@ -197,10 +197,15 @@ def _exponentials_at(ranks: Vector, prefix: Vector, size: int) -> Vector:
 
 
 def _top_two(
-    members: Sequence[tuple[int, Member | None]], cells: Vector, size: int, prefix: Vector
+    members: Sequence[tuple[int, Member | None]],
+    cells: Vector,
+    size: int,
+    prefix: Vector,
+    scored: bool = True,
 ) -> tuple[Vector, Vector, Vector, Vector]:
     """Ids and scores of the lowest and second lowest score at each of ``cells`` among
-    ``members`` ((id, member) in key order; NONE and inf where there is no second)."""
+    ``members`` ((id, member) in key order; NONE and inf where there is no second). Not
+    ``scored``: the ids are exact, the scores only order them."""
     present = [(i, m) for i, m in members if m is not None]
     ids = np.array([i for i, _ in present], np.uint16)
     offsets = np.array([[m.offset] for _, m in present], np.int64)
@@ -215,7 +220,7 @@ def _top_two(
         chunk = cells[start : start + step]
         ranks = (chunk - offsets) * inverses % size
         if len(present) > 2:
-            scores = _screened_scores(ranks, weights, size, prefix)
+            scores = _screened_scores(ranks, weights, size, prefix, scored)
         else:
             scores = _exponentials_at(ranks.ravel(), prefix, size).reshape(ranks.shape) / weights
         columns = np.arange(len(chunk))
@@ -230,10 +235,14 @@ def _top_two(
     return first, second, first_score, second_score
 
 
-def _screened_scores(ranks: Vector, weights: Vector, size: int, prefix: Vector) -> Vector:
+def _screened_scores(
+    ranks: Vector, weights: Vector, size: int, prefix: Vector, scored: bool
+) -> Vector:
     """Members' scores (rows) at cells (columns), exact wherever a score may be one of its
     cell's two lowest and infinite elsewhere: bounds from ``E`` at every ``_GRID``-th rank
-    (``E`` grows with the rank) rule out most members of a cell before any log1p."""
+    (``E`` grows with the rank) rule out most members of a cell before any log1p. Not
+    ``scored``: where the bounds alone settle a cell's two lowest and their order, lower
+    bounds stand in for their scores."""
     grid = _grid(size)
     low = grid[ranks // _GRID] / weights * (1 - _SLACK)
     high = grid[-(-ranks // _GRID)] / weights * (1 + _SLACK)
@@ -241,6 +250,19 @@ def _screened_scores(ranks: Vector, weights: Vector, size: int, prefix: Vector) 
     # lowest upper bound
     maybe = low <= np.partition(high, 1, axis=0)[1]
     scores = np.full(ranks.shape, np.inf)
+    if not scored:
+        # two candidates whose bounds do not overlap: they are the two lowest, in that order
+        columns = np.arange(ranks.shape[1])
+        candidates = np.where(maybe, low, np.inf)
+        one = candidates.argmin(axis=0)
+        one_high = high[one, columns]
+        candidates[one, columns] = np.inf
+        two = candidates.argmin(axis=0)
+        two_low = low[two, columns]
+        settled = np.flatnonzero((maybe.sum(axis=0) == 2) & (one_high < two_low))
+        maybe[:, settled] = False
+        scores[one[settled], settled] = low[one[settled], settled]
+        scores[two[settled], settled] = two_low[settled]
     scores[maybe] = (
         _exponentials_at(ranks[maybe], prefix, size) / np.broadcast_to(weights, ranks.shape)[maybe]
     )
