@@ -186,11 +186,15 @@ class RendezvousTable:
         """The id stored in ``owner``/``runner`` for the member with this key."""
         return self.idents[key]
 
+    def buffers(self) -> tuple[object, ...]:
+        """The large objects the table holds: the per-cell arrays (owner, runner-up, tail
+        flag: 5 T bytes) and the numpy kernels' kept exponentials (shared with copies)."""
+        kept = () if self.prefix is None else (self.prefix,)
+        return (self.owner, self.runner, self.tail, *kept)
+
     def nbytes(self) -> int:
-        """Bytes held by the per-cell arrays (owner, runner-up, tail flag: 5 T) and the
-        numpy kernels' kept exponentials."""
-        cells = sum(map(sys.getsizeof, (self.owner, self.runner, self.tail)))
-        return cells + (_table_numpy.nbytes(self.prefix) if HAVE_NUMPY else 0)
+        """Bytes held by :meth:`buffers`."""
+        return sum(map(sys.getsizeof, self.buffers()))
 
     def drifted(self) -> bool:
         """Whether updates have moved the group so far from the last build that a fresh one

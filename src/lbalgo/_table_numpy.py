@@ -33,7 +33,7 @@ from lbalgo._permutation import exponentials as plain_exponentials
 if TYPE_CHECKING:
     from lbalgo._table import RendezvousTable
 
-__all__ = ["add", "build", "check_prefix", "exponentials", "nbytes", "remove"]
+__all__ = ["add", "build", "check_prefix", "exponentials", "remove"]
 
 Vector = npt.NDArray[Any]
 
@@ -56,11 +56,6 @@ def check_prefix(prefix: object, size: int) -> None:
     """Assert that kept exponentials are exactly ``E(0 .. len - 1)`` (for ``_check``)."""
     if isinstance(prefix, np.ndarray):
         assert prefix.tolist() == plain_exponentials(len(prefix), size)
-
-
-def nbytes(prefix: object) -> int:
-    """Bytes of a table's kept exponentials."""
-    return int(prefix.nbytes) if isinstance(prefix, np.ndarray) else 0
 
 
 def build(
