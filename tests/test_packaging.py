@@ -69,7 +69,8 @@ def test_extras_and_dev_includes_them() -> None:
     extras = PROJECT["optional-dependencies"]
     assert extras["testing"] == ["hypothesis>=6.100"]
     assert [d.split(">")[0] for d in extras["httpx"]] == ["httpx"]
-    assert "lbalgo[testing,httpx,plot,redis]" in extras["dev"]
+    assert "lbalgo[testing,httpx,plot,redis,fast]" in extras["dev"]
+    assert [d.split(">")[0] for d in extras["fast"]] == ["numpy"]
     assert any(d.startswith("aiohttp") for d in extras["dev"])
 
 
@@ -116,10 +117,20 @@ def test_a_missing_extra_is_one_clear_line(blocked: list[str], code: str, messag
 
 
 def test_the_package_and_the_cli_need_no_extra(tmp_path: Path) -> None:
-    blocked = ["hypothesis", "httpx", "matplotlib", "redis", "aiohttp"]
+    blocked = ["hypothesis", "httpx", "matplotlib", "redis", "aiohttp", "numpy"]
     done = _run_without(blocked, "import lbalgo, lbalgo.health; print(lbalgo.__version__)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == lbalgo.__version__
+    # without numpy (the fast extra) SourceIPHash builds its table in pure Python
+    code = (
+        "from lbalgo import Backend, BackendGroup, SourceIPHash\n"
+        "from lbalgo._accel import numpy_in_use\n"
+        "sched = SourceIPHash(BackendGroup([Backend('10.0.0.1', 80), Backend('10.0.0.2', 80)]))\n"
+        "print(numpy_in_use(), sched.pick('192.0.2.1').key)"
+    )
+    done = _run_without(blocked, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "False"
     plot = tmp_path / "shares.png"
     done = _run_without(
         blocked,

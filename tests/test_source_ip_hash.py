@@ -211,7 +211,7 @@ def test_bad_options_are_refused(option: str, value: object) -> None:
 # -- determinism ----------------------------------------------------------------------------
 
 _PLACE_SCRIPT = """
-import json, sys
+import hashlib, json, sys
 from lbalgo import Backend, BackendGroup, SourceIPHash
 group = BackendGroup(Backend(f"10.1.0.{i}", 80, i % 4 + 1) for i in range(1, 31))
 out = {}
@@ -221,21 +221,28 @@ for compat in (None, "nginx"):
     addresses = [f"198.51.{i // 256}.{i % 256}" for i in range(0, 4000, 7)]
     addresses += [f"2001:db8::{i:x}" for i in range(300)]
     out[str(compat)] = [sched.pick(a).key for a in addresses]
+sched = SourceIPHash(group)
+sched.update(group.without("10.1.0.3:80").with_weight("10.1.0.9:80", 7))
+table = sched._rendezvous
+# the whole table (owner and runner-up of every cell), after a build and an update
+out["table"] = hashlib.sha256(bytes(table.owner) + bytes(table.runner)).hexdigest()
 json.dump(out, sys.stdout)
 """
 
 
 def test_same_placement_in_every_process() -> None:
-    # the four interpreters run side by side (each builds two tables: seconds of CPU)
+    # the four interpreters run side by side (each builds two tables: seconds of CPU); two
+    # of them without the numpy kernels (LBALGO_PURE_PYTHON): placement must not depend on it
+    runs = [("0", ""), ("1", "1"), ("4242", ""), ("random", "1")]
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", _PLACE_SCRIPT],
-            env={**os.environ, "PYTHONHASHSEED": seed},
+            env={**os.environ, "PYTHONHASHSEED": seed, "LBALGO_PURE_PYTHON": pure},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for seed in ("0", "1", "4242", "random")
+        for seed, pure in runs
     ]
     results = []
     try:

@@ -11,20 +11,23 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ipaddress
+import itertools
 import random
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
 from lbalgo._address import address_key, address_text, remote_addr
 from lbalgo._nginx_chash import POINTS_PER_WEIGHT, Ring, server_points
 from nginx_harness import NginxHarness, nginx_harness, require_nginx, upstream_servers
+from support.kernels import numpy_kernels
 
 __all__ = ["nginx_harness"]  # the fixture, re-exported so pytest finds it here
 
@@ -104,6 +107,66 @@ def test_ring_has_160_points_per_weight_unit() -> None:
         points = server_points(server, weight)
         assert len(points) == weight * POINTS_PER_WEIGHT
         assert sum(owner == index for owner in ring.owners) == len(points)
+
+
+SERVER_TEXTS = st.sampled_from(
+    ["10.0.0.1:80", "10.0.0.2:8080", "10.0.0.3", "[::1]:81", "backend.example:9000", "unix:/s"]
+    + [f"127.0.{i}.1:{1000 + i}" for i in range(20)]
+)
+
+
+@settings(max_examples=40)
+@given(servers=st.lists(st.tuples(SERVER_TEXTS, st.integers(1, 12)), min_size=1, max_size=10))
+def test_the_numpy_ring_is_the_pure_ring(servers: list[tuple[str, int]]) -> None:
+    # the same points, the same owners (a server listed twice: its equal points go to the
+    # first), with and without the numpy kernels
+    with numpy_kernels(False):
+        pure = Ring(servers)
+    with numpy_kernels(True):
+        fast = Ring(servers)
+    assert fast.values == pure.values
+    assert fast.owners == pure.owners
+    assert len(pure) == len(set(pure.values))
+
+
+def test_picks_go_on_while_a_new_ring_is_built() -> None:
+    """A weight change rebuilds nginx's ring (hundreds of thousands of points) before the
+    scheduler's lock is taken: a thread picking meanwhile (under that lock, in nginx mode)
+    is never held up for the build, only for the swap."""
+    rng = random.Random(88)
+    group = BackendGroup(
+        Backend(f"10.3.{i // 250}.{i % 250 + 1}", 8080, rng.randint(1, 100)) for i in range(300)
+    )
+    sched = SourceIPHash(group, compat="nginx")
+    reweighted = BackendGroup(b.with_weight(b.weight % 100 + 1) for b in group)
+    done = threading.Event()
+    stamps: list[float] = []
+
+    def keep_picking() -> None:
+        for i in range(20_000_000):  # bounded; ends when the update does
+            sched.pick(f"198.51.100.{i % 250 + 1}")
+            stamps.append(time.perf_counter())
+            if done.is_set():
+                return
+
+    picker = threading.Thread(target=keep_picking)
+    picker.start()
+    try:
+        while not stamps:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        sched.update(reweighted)
+        end = time.perf_counter()
+    finally:
+        done.set()
+        picker.join(60)
+    assert not picker.is_alive()
+    assert sched.group is reweighted
+    during = [start, *(t for t in stamps if start < t < end), end]
+    longest = max(b - a for a, b in itertools.pairwise(during))
+    # built under the lock, the picker would wait for the whole build (most of the update);
+    # outside it, only for the swap and the interpreter's thread switches
+    assert longest < (end - start) / 2, (longest, end - start, len(during))
 
 
 def test_server_text_is_split_as_nginx_does() -> None:

@@ -1,24 +1,47 @@
-"""The rendezvous table behind SourceIPHash: updates in place give exactly a fresh build.
+"""The rendezvous table behind SourceIPHash: updates in place give exactly a fresh build,
+and the numpy kernels give exactly the pure-Python arrays.
 
 Small tables (a few hundred cells) let ``RendezvousTable._check`` score every cell against
 every member after every step; the scheduler-level tests use the real 393,209-cell table.
+Every step here runs both ways (``lbalgo._accel.use_numpy``), so these tests pass with numpy
+missing too, where both ways are the pure path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from lbalgo import Backend, BackendGroup, SourceIPHash
-from lbalgo._table import RendezvousTable, table_for
+from lbalgo._accel import numpy_in_use
+from lbalgo._table import RendezvousTable
+from lbalgo._table_updates import table_for
+from support.kernels import numpy_kernels
 
 SIZES = (101, 211, 1009)
 KEYS = st.sampled_from([f"10.0.0.{i}:80" for i in range(1, 25)])
 WEIGHTS = st.integers(min_value=1, max_value=100)
+
+
+def arrays(table: RendezvousTable) -> tuple[bytes, bytes, bytes, float, list[str | None]]:
+    """Everything that defines a table: owner, runner-up and tail of every cell, theta, ids."""
+    keys = [None if m is None else m.key for m in table.members]
+    return bytes(table.owner), bytes(table.runner), bytes(table.tail), table.theta, keys
+
+
+def both_ways(make: Callable[[], RendezvousTable]) -> RendezvousTable:
+    """``make()`` in pure Python and with numpy: the same arrays, bit for bit."""
+    with numpy_kernels(False):
+        pure = make()
+    with numpy_kernels(True):
+        fast = make()
+    assert arrays(fast) == arrays(pure)
+    return fast
 
 
 def owners_by_key(table: RendezvousTable) -> list[str]:
@@ -41,12 +64,18 @@ class TableUpdates(RuleBasedStateMachine):
     def start(self, size: int, members: dict[str, int]) -> None:
         self.size = size
         self.members = dict(members)
-        self.table = RendezvousTable.build(members.items(), size)
+        self.table = both_ways(lambda: RendezvousTable.build(members.items(), size))
 
     def _step(self, change: str, key: str, weight: int) -> None:
         before = owners_by_key(self.table) if self.members else []
-        changed = self.table.copy()
-        getattr(changed, change)(*((key,) if change == "remove" else (key, weight)))
+        args = (key,) if change == "remove" else (key, weight)
+
+        def changed_copy() -> RendezvousTable:
+            changed = self.table.copy()
+            getattr(changed, change)(*args)
+            return changed
+
+        changed = both_ways(changed_copy)
         # the copy was changed, never the table readers may still hold
         assert (owners_by_key(self.table) if self.members else []) == before
         self.table = changed
@@ -77,11 +106,11 @@ class TableUpdates(RuleBasedStateMachine):
         self.table._check()
         assert self.table.spec == tuple(sorted(self.members.items()))
         if self.members:
-            fresh = RendezvousTable.build(self.members.items(), self.size)
+            fresh = both_ways(lambda: RendezvousTable.build(self.members.items(), self.size))
             assert owners_by_key(self.table) == owners_by_key(fresh)
 
 
-TableUpdates.TestCase.settings = settings(max_examples=40, stateful_step_count=12)
+TableUpdates.TestCase.settings = settings(max_examples=60, stateful_step_count=12)
 test_table_updates = TableUpdates.TestCase
 
 
@@ -168,3 +197,36 @@ def test_an_asyncio_caller_prepares_the_update_off_the_loop() -> None:
     ticks = asyncio.run(main())
     assert ticks > 1  # the loop ran while the table was being made
     assert all(sched.pick(c).key == after.pick(c).key for c in clients)
+
+
+def test_numpy_and_pure_python_give_the_same_real_table() -> None:
+    # the real 393,209-cell table: a build and one update of each kind, both ways
+    rng = random.Random(29)
+    spec = {f"10.2.0.{i}:80": rng.randint(1, 100) for i in range(1, 13)}
+    table = both_ways(lambda: RendezvousTable.build(spec.items()))
+    for change, args in [
+        ("add", ("10.2.1.1:80", 40)),
+        ("remove", ("10.2.0.5:80",)),
+        ("reweight", ("10.2.0.9:80", 1)),
+    ]:
+
+        def changed_copy(
+            table: RendezvousTable = table, change: str = change, args: tuple[object, ...] = args
+        ) -> RendezvousTable:
+            changed = table.copy()
+            getattr(changed, change)(*args)
+            return changed
+
+        table = both_ways(changed_copy)
+
+
+def test_the_switch() -> None:
+    with numpy_kernels(False):
+        assert not numpy_in_use()
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        assert not numpy_in_use()
+    else:
+        with numpy_kernels(True):
+            assert numpy_in_use()

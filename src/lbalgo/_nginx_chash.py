@@ -17,8 +17,13 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from lbalgo._accel import HAVE_NUMPY, numpy_in_use
 from lbalgo.backend import Backend
+
+if HAVE_NUMPY:
+    import numpy as np
 
 __all__ = [
     "MAX_TRIES",
@@ -92,6 +97,9 @@ class Ring:
     __slots__ = ("owners", "values")
 
     def __init__(self, servers: Sequence[tuple[str, int]]) -> None:
+        if numpy_in_use() and servers:
+            self.values, self.owners = _numpy_ring(servers)
+            return
         slices = [array("Q") for _ in range(_SLICES)]
         for index, (server, weight) in enumerate(servers):
             # value << 16 | index: one int sorts by value, then by upstream order
@@ -127,6 +135,64 @@ class Ring:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+def _numpy_ring(servers: Sequence[tuple[str, int]]) -> tuple[array[int], array[int]]:
+    """The ring's (values, owners) with numpy: every server's crc32 chain advanced one step
+    for all servers at once, then one sort of ``value << 16 | index``. O(P log P), about 14
+    bytes a point at the peak."""
+    splits = (_split_server(server) for server, _ in servers)
+    bases = [zlib.crc32(host + b"\0" + port) for host, port in splits]
+    # crc32(le32(p), base) = L(p) ^ crc32(le32(0), base) with L linear over GF(2): two
+    # 65,536-entry tables give L, and the constant is the server's
+    constant = np.array([zlib.crc32(bytes(4), base) for base in bases], np.uint32)
+    low, high = _chain_tables()
+    counts = [weight * POINTS_PER_WEIGHT for _, weight in servers]
+    steps = max(counts)
+    chains = np.empty((steps, len(servers)), np.uint32)
+    previous = np.zeros(len(servers), np.uint32)
+    for step in range(steps):
+        point = chains[step]
+        np.take(low, previous & 0xFFFF, out=point)
+        point ^= high[previous >> 16]
+        point ^= constant
+        previous = point
+    packed = np.empty(sum(counts), np.uint64)
+    start = 0
+    for index, count in enumerate(counts):
+        chunk = packed[start : start + count]
+        chunk[:] = chains[:count, index]
+        chunk <<= _INDEX_BITS
+        chunk |= index
+        start += count
+    del chains, point, previous, chunk  # the views too, or the arrays stay
+    # value << 16 | index: one sort orders by value, then by upstream order
+    packed.sort()
+    owners = packed.astype(np.uint16)  # the low 16 bits
+    packed >>= _INDEX_BITS
+    values = packed.astype(np.uint32)
+    del packed
+    first = np.empty(len(values), bool)
+    first[0] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    if not first.all():  # equal values: the first server in upstream order keeps the point
+        values, owners = values[first], owners[first]
+    return array("I", values.tobytes()), array("H", owners.tobytes())
+
+
+def _chain_tables() -> tuple[Any, Any]:
+    """L(p) for the low and the high 16 bits of p (512 KiB: a millisecond to make, so made
+    for each ring rather than kept)."""
+    zero = zlib.crc32(bytes(4))
+    pack = _LITTLE_ENDIAN.pack
+    byte = [
+        np.array([zlib.crc32(pack(b << (8 * j))) ^ zero for b in range(256)], np.uint32)
+        for j in range(4)
+    ]
+    halves = np.arange(1 << 16, dtype=np.uint32)
+    low = byte[0][halves & 0xFF] ^ byte[1][halves >> 8]
+    high = byte[2][halves & 0xFF] ^ byte[3][halves >> 8]
+    return low, high
 
 
 class RoundRobin:

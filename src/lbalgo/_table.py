@@ -1,10 +1,9 @@
 """The lookup table behind :class:`~lbalgo.SourceIPHash`'s default mode: a rendezvous table
 that is updated in place of being rebuilt.
 
-Every member ``i`` has a pseudo-random permutation of the table's cells, ``rank_i(cell) =
-(cell - offset_i) / skip_i mod T`` (T prime, offset and skip from its key), and scores a cell
-``E(rank_i(cell)) / weight_i`` with ``E(k) = -ln(1 - (k + 1/2) / T)``: an exponential
-variable of rate ``weight_i``. A cell belongs to the member with the lowest score (ties: the
+Every member ``i`` has a pseudo-random permutation of the table's cells and scores a cell
+``E(rank_i(cell)) / weight_i``, an exponential variable of rate ``weight_i``
+(:mod:`lbalgo._permutation`). A cell belongs to the member with the lowest score (ties: the
 lower key). That is weighted rendezvous hashing (Thaler & Ravishankar; Schindelhauer &
 Schomaker for the weights) evaluated once per cell instead of once per client, so a member's
 share of cells is its weighted share up to sampling noise over T cells, adding or removing a
@@ -26,18 +25,37 @@ Invariants (checked by :meth:`RendezvousTable._check`): the owner of every cell 
 known runner-up is exactly the second lowest score; the tail is exactly the set of cells
 whose owner scores above ``theta``; outside the tail a known runner-up scores at most
 ``theta`` (so a walk up to ``theta`` meets every cell where a newcomer could displace it).
+
+The tail is a flag byte per cell (a ``bytearray`` of T, 384 KiB), not a set of cell numbers:
+its memory is fixed whatever the history of updates (a set grew past 4 MiB after many), and
+``itertools.compress`` walks its cells in C.
+
+The walks cost about T ln(2n) steps, one Python step each here (seconds at 500 members). With
+numpy installed (the ``fast`` extra) the same arrays, bit for bit, come from the vector
+kernels of :mod:`lbalgo._table_numpy` (:mod:`lbalgo._accel` says whether they are used).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-import weakref
+import sys
 from array import array
 from collections.abc import Iterable, Iterator
 from itertools import compress
 
-import mmh3
+from lbalgo._accel import HAVE_NUMPY, numpy_in_use
+from lbalgo._permutation import (
+    NONE,
+    PERMUTATION_SEED,
+    TABLE_SIZE,
+    Member,
+    exponentials,
+    permutation,
+)
+
+if HAVE_NUMPY:
+    from lbalgo import _table_numpy
 
 __all__ = [
     "NONE",
@@ -46,59 +64,11 @@ __all__ = [
     "Member",
     "RendezvousTable",
     "permutation",
-    "table_for",
 ]
-
-TABLE_SIZE = 393_209
-"""Cells in the table: a prime, so that every skip walks a full permutation."""
-
-PERMUTATION_SEED = 0x4C42_0001
-"""The mmh3 seed that turns a member key into its permutation (part of hash version 1)."""
-
-NONE = 0xFFFF
-"""The member id stored for "no member" / "runner-up unknown"."""
 
 _RANKINGS_KEPT = 4096  # recent cells whose first choices are kept (clients of a down backend)
 _PREFIX = 8  # choices kept per cell: enough for all but the rarest fall-through
 _log1p = math.log1p
-
-
-def permutation(key: str, size: int = TABLE_SIZE) -> tuple[int, int]:
-    """(offset, skip) of the member with this key: its rank-k cell is offset + k * skip."""
-    digest = mmh3.hash128(key.encode("utf-8"), PERMUTATION_SEED)
-    return digest % size, (digest >> 64) % (size - 1) + 1
-
-
-class Member:
-    """One member of a table: its key, weight and permutation."""
-
-    __slots__ = ("inverse", "key", "offset", "skip", "weight")
-
-    def __init__(self, key: str, weight: int, size: int) -> None:
-        self.key = key
-        self.weight = weight
-        self.offset, self.skip = permutation(key, size)
-        self.inverse = pow(self.skip, -1, size)
-
-    def score(self, cell: int, size: int) -> float:
-        """This member's score at ``cell``: O(1)."""
-        rank = (cell - self.offset) * self.inverse % size
-        return -_log1p(-(rank + 0.5) / size) / self.weight
-
-    def walk_length(self, theta: float, size: int) -> int:
-        """How many of its first ranks score at most ``theta``: the walk up to ``theta``."""
-        weight = self.weight
-        count = max(0, min(size, int(size * -math.expm1(-theta * weight))))
-        # the closed form is within a rank or two; settle the border with the exact score
-        while count < size and -_log1p(-(count + 0.5) / size) / weight <= theta:
-            count += 1
-        while count > 0 and -_log1p(-(count - 0.5) / size) / weight > theta:
-            count -= 1
-        return count
-
-
-def _exponentials(count: int, size: int) -> list[float]:
-    return [-_log1p(-(k + 0.5) / size) for k in range(count)]
 
 
 class RendezvousTable:
@@ -121,13 +91,14 @@ class RendezvousTable:
     __slots__ = (
         "__weakref__",
         "_kept",
-        "_tail",
-        "_theta",
         "idents",
         "members",
         "owner",
+        "prefix",
         "runner",
         "size",
+        "tail",
+        "theta",
     )
 
     def __init__(self, size: int) -> None:
@@ -136,8 +107,9 @@ class RendezvousTable:
         self.runner: array[int] = array("H")
         self.members: list[Member | None] = []
         self.idents: dict[str, int] = {}
-        self._theta = 0.0
-        self._tail: set[int] = set()
+        self.theta = 0.0  # the common score every build walks up to
+        self.tail = bytearray()  # 1 where the cell's owner scores above theta
+        self.prefix: object = None  # the numpy kernels' kept E(k) of the first ranks
         self._kept: dict[int, tuple[int, ...]] = {}
 
     # -- construction -------------------------------------------------------------------------
@@ -153,9 +125,14 @@ class RendezvousTable:
             return table
         total = sum(m.weight for m in members)
         theta = math.log(2 * len(members)) / total  # leaves about T / 2n cells to the tail
-        table._theta = theta
+        table.theta = theta
         lengths = [m.walk_length(theta, size) for m in members]
-        exps = _exponentials(max(lengths), size)
+        if numpy_in_use():
+            table.owner, table.runner, table.tail, table.prefix = _table_numpy.build(
+                members, lengths, size
+            )
+            return table
+        exps = exponentials(max(lengths), size)
         inf = math.inf
         best = [inf] * size
         second = [inf] * size
@@ -178,12 +155,12 @@ class RendezvousTable:
                     second[cell] = score
                     runner[cell] = ident
         del best, second
-        tail = set(compress(range(size), map(NONE.__eq__, owner)))
-        for cell in tail:
+        tail = bytearray(map(NONE.__eq__, owner))
+        for cell in compress(range(size), tail):
             owner[cell], runner[cell] = table._top_two(cell)
         table.owner = array("H", owner)
         table.runner = array("H", runner)
-        table._tail = tail
+        table.tail = tail
         return table
 
     def copy(self) -> RendezvousTable:
@@ -193,8 +170,9 @@ class RendezvousTable:
         other.runner = array("H", self.runner)
         other.members = list(self.members)
         other.idents = dict(self.idents)
-        other._theta = self._theta
-        other._tail = set(self._tail)
+        other.theta = self.theta
+        other.tail = bytearray(self.tail)
+        other.prefix = self.prefix  # never changed in place: shared
         return other
 
     # -- reading -------------------------------------------------------------------------------
@@ -208,6 +186,16 @@ class RendezvousTable:
         """The id stored in ``owner``/``runner`` for the member with this key."""
         return self.idents[key]
 
+    def buffers(self) -> tuple[object, ...]:
+        """The large objects the table holds: the per-cell arrays (owner, runner-up, tail
+        flag: 5 T bytes) and the numpy kernels' kept exponentials (shared with copies)."""
+        kept = () if self.prefix is None else (self.prefix,)
+        return (self.owner, self.runner, self.tail, *kept)
+
+    def nbytes(self) -> int:
+        """Bytes held by :meth:`buffers`."""
+        return sum(map(sys.getsizeof, self.buffers()))
+
     def drifted(self) -> bool:
         """Whether updates have moved the group so far from the last build that a fresh one
         is cheaper than more updates (walks or the tail several times their built size)."""
@@ -215,8 +203,8 @@ class RendezvousTable:
         if not members:
             return False
         expected = math.log(2 * len(members))
-        spread = self._theta * sum(m.weight for m in members)
-        return spread > 2 * expected + 1 or len(self._tail) > 4 * self.size / len(members) + 64
+        spread = self.theta * sum(m.weight for m in members)
+        return spread > 2 * expected + 1 or self.tail.count(1) > 4 * self.size / len(members) + 64
 
     def ranking(self, cell: int) -> Iterator[int]:
         """Member ids from lowest to highest score at ``cell`` (ties: lower key). O(n log n),
@@ -243,7 +231,7 @@ class RendezvousTable:
         """Add a member: walk it up to ``theta``, then check the tail cells."""
         if key in self.idents:
             raise ValueError(f"member {key!r} is already in the table")
-        size, theta = self.size, self._theta
+        size, theta = self.size, self.theta
         if not self.idents:
             fresh = RendezvousTable.build([(key, weight)], size)
             for name in RendezvousTable.__slots__[1:]:
@@ -251,7 +239,11 @@ class RendezvousTable:
             return
         member = Member(key, weight, size)
         ident = self._new_ident(member)
-        members, owner, runner, tail = self.members, self.owner, self.runner, self._tail
+        self._kept.clear()
+        if numpy_in_use():
+            _table_numpy.add(self, ident)
+            return
+        members, owner, runner, tail = self.members, self.owner, self.runner, self.tail
         # (offset, inverse, weight, key) by id: the scores of the cell's holders, inline
         params = [
             (m.offset, m.inverse, m.weight, m.key) if m is not None else (0, 1, 1, "")
@@ -267,9 +259,9 @@ class RendezvousTable:
             if score < rival or (score == rival and key < held_key):
                 owner[cell] = ident
                 # the old owner is now second; out of the tail it must score <= theta
-                if cell in tail:
+                if tail[cell]:
                     runner[cell] = NONE
-                    tail.discard(cell)
+                    tail[cell] = 0
                 else:
                     runner[cell] = held
             else:
@@ -282,7 +274,7 @@ class RendezvousTable:
             cell += skip
             if cell >= size:
                 cell -= size
-        for cell in tail:
+        for cell in compress(range(size), tail):
             score = member.score(cell, size)
             if score <= theta:
                 continue  # the walk has seen it
@@ -301,7 +293,6 @@ class RendezvousTable:
                 other = other_member.score(cell, size)
                 if score < other or (score == other and key < other_member.key):
                     runner[cell] = ident
-        self._kept.clear()
 
     def remove(self, key: str) -> None:
         """Remove a member: its cells go to their runners-up (scored again where unknown)."""
@@ -313,10 +304,13 @@ class RendezvousTable:
         if not self.idents:
             self.owner = array("H")
             self.runner = array("H")
-            self._tail = set()
+            self.tail = bytearray()
             return
-        size, theta = self.size, self._theta
-        owner, runner, tail = self.owner, self.runner, self._tail
+        if numpy_in_use():
+            _table_numpy.remove(self, member, ident)
+            return
+        size, theta = self.size, self.theta
+        owner, runner, tail = self.owner, self.runner, self.tail
         cell, skip = member.offset, member.skip
         for _rank in range(member.walk_length(theta, size)):
             if owner[cell] == ident:
@@ -326,7 +320,7 @@ class RendezvousTable:
             cell += skip
             if cell >= size:
                 cell -= size
-        for cell in list(tail):
+        for cell in list(compress(range(size), tail)):
             if owner[cell] == ident:
                 self._hand_over(cell)
             elif runner[cell] == ident:
@@ -355,7 +349,7 @@ class RendezvousTable:
 
     def _hand_over(self, cell: int) -> None:
         """The owner of ``cell`` has left: its runner-up takes over, or the cell is scored."""
-        owner, runner, tail = self.owner, self.runner, self._tail
+        owner, runner, tail = self.owner, self.runner, self.tail
         second = runner[cell]
         if second != NONE:
             owner[cell] = second
@@ -365,13 +359,13 @@ class RendezvousTable:
         owner[cell] = first
         member = self.members[first]
         assert member is not None
-        if member.score(cell, self.size) > self._theta:
-            tail.add(cell)
+        if member.score(cell, self.size) > self.theta:
+            tail[cell] = 1
             runner[cell] = second
             return
-        tail.discard(cell)
+        tail[cell] = 0
         other = self.members[second] if second != NONE else None
-        known = other is not None and other.score(cell, self.size) <= self._theta
+        known = other is not None and other.score(cell, self.size) <= self.theta
         runner[cell] = second if known else NONE
 
     def _top_two(self, cell: int) -> tuple[int, int]:
@@ -387,8 +381,11 @@ class RendezvousTable:
 
     def _check(self) -> None:
         """Assert every invariant against a full scoring of every cell: O(n T), for tests."""
-        size, theta = self.size, self._theta
-        assert len(self.owner) == len(self.runner) == (size if self.idents else 0)
+        size, theta = self.size, self.theta
+        cells = size if self.idents else 0
+        assert len(self.owner) == len(self.runner) == len(self.tail) == cells
+        if HAVE_NUMPY:
+            _table_numpy.check_prefix(self.prefix, size)
         assert {m.key: i for i, m in enumerate(self.members) if m is not None} == self.idents
         if not self.idents:
             return
@@ -398,53 +395,10 @@ class RendezvousTable:
             held = self.members[first]
             assert held is not None
             in_tail = held.score(cell, size) > theta
-            assert (cell in self._tail) == in_tail, cell
+            assert self.tail[cell] == in_tail, cell
             known = self.runner[cell]
             if known != NONE:
                 assert known == second, cell
                 other = self.members[known]
                 assert other is not None
                 assert in_tail or other.score(cell, size) <= theta, cell
-
-
-# tables in use by some scheduler, by size and spec: a table is never changed once made
-# (updates change a copy), so schedulers over one group share one; it goes with the last one
-_LIVE: weakref.WeakValueDictionary[tuple[int, tuple[tuple[str, int], ...]], RendezvousTable] = (
-    weakref.WeakValueDictionary()
-)
-
-
-def table_for(
-    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...], size: int = TABLE_SIZE
-) -> RendezvousTable:
-    """The table for ``spec`` (sorted (key, weight > 0) pairs): one in use elsewhere,
-    ``current`` changed where the spec differs (on a copy: readers may still hold it), or a
-    fresh build when many members changed or updates have drifted far from the last build."""
-    table = _LIVE.get((size, spec))
-    if table is None:
-        table = _changed_table(current, spec, size)
-        _LIVE[size, spec] = table
-    return table
-
-
-def _changed_table(
-    current: RendezvousTable | None, spec: tuple[tuple[str, int], ...], size: int
-) -> RendezvousTable:
-    if current is None or current.size != size:
-        return RendezvousTable.build(spec, size)
-    old = dict(current.spec)
-    new = dict(spec)
-    gone = [key for key in old if key not in new]
-    added = [key for key in new if key not in old]
-    changed = [key for key in new if key in old and old[key] != new[key]]
-    # each change walks about T/n cells (a re-weight twice): past n/4 changes, build afresh
-    if (len(gone) + len(added) + 2 * len(changed)) * 4 > max(4, len(spec)):
-        return RendezvousTable.build(spec, size)
-    table = current.copy()
-    for key in gone:
-        table.remove(key)
-    for key in changed:
-        table.reweight(key, new[key])
-    for key in added:
-        table.add(key, new[key])
-    return RendezvousTable.build(spec, size) if table.drifted() else table

@@ -26,7 +26,8 @@ from lbalgo._address import STRICT_PTON, address_key, remote_addr
 from lbalgo._base import BaseScheduler
 from lbalgo._nginx_chash import MAX_TRIES, Ring, RoundRobin, servers_for
 from lbalgo._slot import Slot
-from lbalgo._table import TABLE_SIZE, RendezvousTable, table_for
+from lbalgo._table import TABLE_SIZE, RendezvousTable
+from lbalgo._table_updates import table_for
 from lbalgo._validate import number, shown
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidOptionError

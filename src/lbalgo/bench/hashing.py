@@ -21,7 +21,8 @@ both under the same standing load. Then issue 13's figures for changing groups: 
 scheduler and updating it by one backend (added, removed, re-weighted) next to uhashring's and
 hashring's build of the same nodes in the same run, the memory one scheduler holds after three
 updates and what is left once it is gone (tracemalloc), and the ``compat="nginx"`` ring build
-of 500 servers of weights 1..100 (time and tracemalloc peak).
+of 500 servers of weights 1..100 (time and tracemalloc peak). Those three tables are measured
+twice where numpy is installed: with the numpy kernels (extra ``fast``) and in pure Python.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from types import ModuleType
 
 import mmh3
 
+from lbalgo._accel import HAVE_NUMPY, use_numpy
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.bench._core import (
     Table,
@@ -275,12 +277,18 @@ def _change_round(group: BackendGroup, key: str) -> dict[str, float]:
     return times
 
 
+def _modes() -> list[tuple[str, bool]]:
+    """The kernels to measure: numpy (where installed), then pure Python."""
+    return [("numpy", True), ("pure Python", False)] if HAVE_NUMPY else [("pure Python", False)]
+
+
 def _changes(quick: bool) -> Table:
     """Build and one-backend updates against the rings' builds, side by side per round."""
     table = Table(
         "Changing groups: build and one-backend update, ours against the rings' build",
         [
             "backends",
+            "kernels",
             "build ms",
             "uhashring build ms",
             "hashring build ms",
@@ -293,13 +301,17 @@ def _changes(quick: bool) -> Table:
         ],
     )
     rounds = 1 if quick else ROUNDS
-    for n in (10,) if quick else SIZES:
+    for n, (mode, numpy) in ((n, m) for n in ((10,) if quick else SIZES) for m in _modes()):
         group = sample_group(n)  # weights 1..100
         nodes = list(group.keys())
         rows: dict[str, list[float]] = {k: [] for k in ("build", "uh", "hr", "add", "rm", "rw")}
-        for r in range(rounds):
-            for name, seconds in _change_round(group, nodes[(n // 2 + r) % n]).items():
-                rows[name].append(seconds)
+        previous = use_numpy(numpy)
+        try:
+            for r in range(rounds):
+                for name, seconds in _change_round(group, nodes[(n // 2 + r) % n]).items():
+                    rows[name].append(seconds)
+        finally:
+            use_numpy(previous)
         ms = {k: statistics.median(v) * 1000 if v else float("nan") for k, v in rows.items()}
         worst = max(ms["add"], ms["rm"], ms["rw"])
         goal = "build <= 1.5x, update <= 0.25x"
@@ -308,6 +320,7 @@ def _changes(quick: bool) -> Table:
         table.rows.append(
             [
                 n,
+                mode,
                 ms["build"],
                 ms["uh"],
                 ms["hr"],
@@ -326,6 +339,8 @@ def _changes(quick: bool) -> Table:
             f"{rounds} round(s), each round timing ours and the rings back to back",
             "an update is SourceIPHash.update(group) with one backend removed, added back or "
             "re-weighted: the new table is prepared outside the scheduler's lock",
+            "kernels: numpy (pip install 'lbalgo[fast]') or pure Python; both make the same "
+            "table, bit for bit",
         ]
     )
     return table
@@ -335,12 +350,20 @@ def _memory(quick: bool) -> Table:
     """tracemalloc: what one scheduler holds after three updates, and what is left after."""
     table = Table(
         "Memory of one SourceIPHash (tracemalloc)",
-        ["backends", "held after 3 updates MiB", "left after it is gone MiB", "goal (issue 13)"],
+        [
+            "backends",
+            "kernels",
+            "held after 3 updates MiB",
+            "left after it is gone MiB",
+            "goal (issue 13)",
+        ],
     )
-    for n in (10,) if quick else (500,):
+    for mode, numpy in _modes():
+        n = 10 if quick else 500
         group = sample_group(n)
         key = group.keys()[7]
         gc.collect()
+        previous = use_numpy(numpy)
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]
@@ -355,7 +378,8 @@ def _memory(quick: bool) -> Table:
             left = tracemalloc.get_traced_memory()[0] - base
         finally:
             tracemalloc.stop()
-        table.rows.append([n, held / 2**20, left / 2**20, "held <= 4, left <= 0.5"])
+            use_numpy(previous)
+        table.rows.append([n, mode, held / 2**20, left / 2**20, "held <= 4, left <= 0.5"])
     table.notes.append(
         "held: allocations alive after the constructor and three one-backend updates; left: "
         "after the scheduler is deleted and collected (no module-level table cache stays)"
@@ -367,23 +391,35 @@ def _compat(quick: bool) -> Table:
     """The nginx-compatible ring: build time and peak memory (tracemalloc)."""
     table = Table(
         'compat="nginx": building nginx\'s ring',
-        ["servers", "ring points", "build s", "peak MiB (tracemalloc)", "goal (issue 13)"],
+        [
+            "servers",
+            "kernels",
+            "ring points",
+            "build s",
+            "peak MiB (tracemalloc)",
+            "goal (issue 13)",
+        ],
     )
     n = 20 if quick else 500
     group = sample_group(n)
     built: list[SourceIPHash] = []
-    seconds = _seconds(lambda: built.append(SourceIPHash(group, compat="nginx")))
-    sched = built.pop()
-    # the peak from a second build: tracemalloc slows allocations down, so not the timed one
-    gc.collect()
-    tracemalloc.start()
-    try:
-        SourceIPHash(group, compat="nginx")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    points = len(sched._ring) if sched._ring is not None else 0
-    table.rows.append([n, f"{points:,}", seconds, peak / 2**20, "<= 2 s, <= 128 MiB"])
+    for mode, numpy in _modes():
+        previous = use_numpy(numpy)
+        try:
+            seconds = _seconds(lambda: built.append(SourceIPHash(group, compat="nginx")))
+            sched = built.pop()
+            # the peak from a second build: tracemalloc slows allocations, so not the timed one
+            gc.collect()
+            tracemalloc.start()
+            try:
+                SourceIPHash(group, compat="nginx")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        finally:
+            use_numpy(previous)
+        points = len(sched._ring) if sched._ring is not None else 0
+        table.rows.append([n, mode, f"{points:,}", seconds, peak / 2**20, "<= 2 s, <= 128 MiB"])
     table.notes.append(
         "weights 1..100: nginx's 160 points per unit of weight; tracemalloc's peak counts "
         "Python allocations only (peak RSS adds the interpreter, about 10-20 MiB)"
