@@ -84,15 +84,14 @@ class BaseScheduler(ABC):
 
     @abstractmethod
     def _choose(self, client: Client, exclude: frozenset[str], now: float) -> Slot:
-        """Choose an eligible slot for one pick (called under the lock). The base counts the
-        pick afterwards. Raise :class:`NoBackendAvailable` when nothing is eligible."""
+        """An eligible slot for one pick (under the lock; the base counts it), or raise
+        :class:`NoBackendAvailable`."""
 
     def _rebuild(self) -> None:  # noqa: B027 -- an optional hook, empty by design
         """Recompute derived structures after an update (called under the lock)."""
 
     def _changed(self, slot: Slot) -> None:
-        """``slot``'s eligibility or effective weight changed (under the lock); by default
-        everything is recomputed."""
+        """``slot``'s eligibility or effective weight changed (under the lock): a rebuild."""
         self._rebuild()
 
     def _taken(self, slot: Slot) -> None:  # noqa: B027 -- an optional hook
@@ -125,15 +124,12 @@ class BaseScheduler(ABC):
     def release(self, backend: Backend, *, failed: bool = False) -> None:
         """One request on ``backend`` ended; ``failed=True`` reports it to passive health.
 
-        Releases beyond the open count, and releases for a backend no longer in the group,
-        are ignored. A backend is known by its key here, so if its key was removed and added
-        again, a late ``release`` of the old connection counts against the new one (a
-        ``Lease`` knows which one it holds). O(1), lock-free unless passive health awaits
-        this backend's trial or the algorithm counts releases itself. ``TypeError`` naming
-        the value if ``backend`` is not a ``Backend`` or ``failed`` not a ``bool``.
+        Releases beyond the open count, and for a key no longer in the group, are ignored;
+        a key removed and added again counts a late release against the new backend (a
+        ``Lease`` knows which one it holds). O(1), lock-free unless passive health awaits a
+        trial or the algorithm counts releases. ``TypeError`` naming a bad value.
         """
-        # The fast path: the very Backend a pick returned (its key a plain slot, its slot
-        # found by a str key whose hash is cached). Anything else, checked on the slow path.
+        # fast path: the very Backend a pick returned, found by its key (a str, hash cached)
         try:
             slot = self._slots[backend.key]
         except Exception:  # not a Backend, or not in the group: the slow path says which
@@ -431,8 +427,7 @@ class BaseScheduler(ABC):
             lock.release()
 
     def _after_release(self, slot: Slot, failed: bool) -> None:
-        """React to one counted release (under the lock): passive health, then the
-        algorithm's hook."""
+        """One counted release, under the lock: passive health, then the algorithm's hook."""
         passive = self._passive
         if failed:
             slot.failures += 1
