@@ -95,8 +95,7 @@ class BaseScheduler(ABC):
         self._rebuild()
 
     def _taken(self, slot: Slot) -> None:  # noqa: B027 -- an optional hook
-        """A wrapper picked ``slot`` itself (:meth:`take`); called under the lock before the
-        pick is counted, so that if it raises nothing is counted."""
+        """A wrapper took ``slot`` itself (:meth:`take`; under the lock, before counting)."""
 
     def _failed(self, slot: Slot) -> None:  # noqa: B027 -- an optional hook
         """A counted release of ``slot`` reported a failure (under the lock, before passive
