@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from support.ports import free_port
+
 __all__ = [
     "MAX_REQUESTS",
     "Attempt",
@@ -235,13 +237,6 @@ class Attempt:
         return cls(status, upstream, header(_BACKEND_HEADER), start_ms)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 _CONFIG = """\
 daemon off;
 master_process off;
@@ -262,7 +257,7 @@ http {{
 {upstream}
     }}
     server {{
-        listen 127.0.0.1:{port};
+{listen}
         location = {ready} {{
             return 204;
         }}
@@ -275,6 +270,8 @@ http {{
             # which peer was tried, and when the request started on nginx's own clock
             add_header X-Upstream-Addr $upstream_addr always;
             add_header X-Lbalgo-Clock "$msec $request_time" always;
+            # the client as nginx hashes it ($remote_addr: mapped on a dual-stack listener)
+            add_header X-Remote-Addr $remote_addr always;
         }}
     }}
 }}
@@ -282,9 +279,13 @@ http {{
 
 
 class NginxProxy:
-    """A running single-process nginx listening on ``127.0.0.1:port``."""
+    """A running single-process nginx listening on ``127.0.0.1:port``; with ``dual_stack``
+    on ``[::ffff:127.0.0.1]:port`` (IPv4 clients reach it as IPv4-mapped addresses, as on
+    a dual-stack listener) and ``[::1]:port``."""
 
-    def __init__(self, binary: str, workdir: Path, upstream: str) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, upstream: str, *, dual_stack: bool = False
+    ) -> None:
         self.workdir = workdir
         self.config = workdir / "nginx.conf"
         self._connection: http.client.HTTPConnection | None = None
@@ -292,8 +293,14 @@ class NginxProxy:
         # A free port can be taken by another process before nginx binds it: then nginx logs
         # "Address already in use", and the next attempt takes another port.
         for _attempt in range(_PORT_ATTEMPTS):
-            self.port = _free_port()
-            text = _CONFIG.format(dir=workdir, upstream=body, port=self.port, ready=_READY_PATH)
+            self.port = free_port()
+            listen = (
+                f"        listen [::ffff:127.0.0.1]:{self.port} ipv6only=off;\n"
+                f"        listen [::1]:{self.port};"
+                if dual_stack
+                else f"        listen 127.0.0.1:{self.port};"
+            )
+            text = _CONFIG.format(dir=workdir, upstream=body, listen=listen, ready=_READY_PATH)
             self.config.write_text(text)
             log = workdir / "error.log"
             log.unlink(missing_ok=True)
@@ -441,12 +448,14 @@ class NginxProxy:
 
 
 @contextlib.contextmanager
-def nginx_proxy(upstream: str, *, workdir: Path, binary: str | None = None) -> Iterator[NginxProxy]:
+def nginx_proxy(
+    upstream: str, *, workdir: Path, binary: str | None = None, dual_stack: bool = False
+) -> Iterator[NginxProxy]:
     """A running nginx whose upstream block body is ``upstream``; stopped on exit.
 
     ``workdir`` (an empty directory) receives the config, pid, log and temp paths.
     """
-    proxy = NginxProxy(binary or require_nginx(), workdir, upstream)
+    proxy = NginxProxy(binary or require_nginx(), workdir, upstream, dual_stack=dual_stack)
     try:
         yield proxy
     finally:

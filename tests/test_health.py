@@ -10,7 +10,6 @@ import contextlib
 import functools
 import inspect
 import re
-import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -30,6 +29,7 @@ from lbalgo import (
 from lbalgo.errors import HealthCheckFailed, InvalidOptionError, InvalidTypeError
 from lbalgo.health import HealthChecker, HealthStatus, http, tcp
 from support.clocks import FakeClock
+from support.ports import free_port
 
 WAIT = 10.0  # seconds: the bound on every wait in this module
 
@@ -123,13 +123,6 @@ def aio(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
         parameters=params[1:] if wants_server else params
     )
     return wrapper
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released): connections to it are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run(coro: Awaitable[object]) -> object:

@@ -8,13 +8,10 @@ Skipped with a clear reason when nginx is not installed; CI installs it.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import ipaddress
 import itertools
 import random
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,7 +23,13 @@ from hypothesis import strategies as st
 from lbalgo import Backend, BackendGroup, SourceIPHash
 from lbalgo._address import address_key, address_text, remote_addr
 from lbalgo._nginx_chash import POINTS_PER_WEIGHT, Ring, server_points
-from nginx_harness import NginxHarness, nginx_harness, require_nginx, upstream_servers
+from nginx_harness import (
+    NginxHarness,
+    NginxProxy,
+    nginx_harness,
+    nginx_proxy,
+    upstream_servers,
+)
 from support.kernels import numpy_kernels
 
 __all__ = ["nginx_harness"]  # the fixture, re-exported so pytest finds it here
@@ -263,127 +266,33 @@ def test_remote_addr_key(nginx_harness: NginxHarness) -> None:
 #
 # No backends run here: every server line points at a loopback address where nothing listens
 # (127.200.0.0/16), nginx answers 502 at once, and `$upstream_addr` in a header says which
-# server it chose. `max_fails=0` keeps those refusals from counting as failures, and
-# `proxy_next_upstream off` keeps one choice per request. Each request comes from its own
-# connection, bound to its own 127.0.0.0/8 source address, so nginx hashes a real
+# server it chose (tests/nginx_harness.py's proxy, whose `proxy_next_upstream off` keeps one
+# choice per request); `max_fails=0` keeps those refusals from counting as failures. Each
+# request comes from its own connection, bound to its own 127.0.0.0/8 source address, so
+# nginx hashes a real
 # `$remote_addr`; on the dual-stack listener (an IPv6 socket on ::ffff:127.0.0.1) nginx sees
 # those IPv4 clients as ::ffff:127.x.y.z.
 
-_RECORDING_CONFIG = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log crit;
-events {{
-    worker_connections 64;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream recorded {{
-        hash $remote_addr consistent;
-{servers}
-    }}
-    server {{
-{listen}
-        location / {{
-            proxy_pass http://recorded;
-            proxy_next_upstream off;
-            proxy_connect_timeout 2s;
-            add_header X-Upstream $upstream_addr always;
-            add_header X-Remote $remote_addr always;
-        }}
-    }}
-}}
-"""
 _MAX_RECORDED = 600  # requests per recording: every loop here is bounded
 
 
-class RecordingNginx:
-    """A real nginx whose upstream hashes ``$remote_addr``; :meth:`choice` sends one request
-    from a given loopback source address and returns (the server nginx chose, the
-    ``$remote_addr`` it saw)."""
-
-    def __init__(self, workdir: Path, servers: list[str], *, dual_stack: bool) -> None:
-        self.workdir = workdir
-        self.port = 0
-        body = "\n".join(f"        server {line} max_fails=0;" for line in servers)
-        for _attempt in range(5):
-            port = _free_port()
-            listen = (
-                f"        listen [::ffff:127.0.0.1]:{port} ipv6only=off;\n"
-                f"        listen [::1]:{port};"
-                if dual_stack
-                else f"        listen 127.0.0.1:{port};"
-            )
-            config = workdir / "nginx.conf"
-            config.write_text(_RECORDING_CONFIG.format(dir=workdir, servers=body, listen=listen))
-            (workdir / "error.log").unlink(missing_ok=True)
-            self._process = subprocess.Popen(
-                [
-                    require_nginx(),
-                    "-p",
-                    str(workdir),
-                    "-e",
-                    str(workdir / "error.log"),
-                    "-c",
-                    str(config),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._ready(port):
-                self.port = port
-                return
-            self.stop()
-        raise RuntimeError("nginx did not start on a free port in 5 attempts")
-
-    def _ready(self, port: int) -> bool:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self._process.poll() is None:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return True
-            time.sleep(0.02)
-        return False
-
-    def choice(self, source: str) -> tuple[str, str]:
-        host = "::1" if ":" in source else "127.0.0.1"
-        connection = http.client.HTTPConnection(
-            host, self.port, timeout=10, source_address=(source, 0)
-        )
-        try:
-            connection.request("GET", "/")
-            response = connection.getresponse()
-            response.read()
-        finally:
-            connection.close()
-        upstream, remote = response.getheader("X-Upstream"), response.getheader("X-Remote")
-        assert upstream is not None, response.status
-        assert remote is not None, response.status
-        return upstream, remote
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=5)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def recorded_choice(nginx: NginxProxy, source: str) -> tuple[str, str]:
+    """One request through ``nginx`` from the loopback ``source`` address: (the server nginx
+    chose, the ``$remote_addr`` it saw)."""
+    host = "::1" if ":" in source else "127.0.0.1"
+    connection = http.client.HTTPConnection(
+        host, nginx.port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    upstream, remote = response.getheader("X-Upstream-Addr"), response.getheader("X-Remote-Addr")
+    assert upstream is not None, response.status
+    assert remote is not None, response.status
+    return upstream, remote
 
 
 def _recorded_group(
@@ -441,11 +350,11 @@ def test_remote_addr_pick_for_pick_as_nginx(
     ]
     if dual:
         sources[len(sources) // 2] = "::1"
-    nginx = RecordingNginx(tmp_path, lines, dual_stack=dual)
-    try:
-        recorded = [nginx.choice(source) for source in sources]
-    finally:
-        nginx.stop()
+    upstream = "\n".join(
+        ["hash $remote_addr consistent;", *(f"server {line} max_fails=0;" for line in lines)]
+    )
+    with nginx_proxy(upstream, workdir=tmp_path, dual_stack=dual) as nginx:
+        recorded = [recorded_choice(nginx, source) for source in sources]
     mismatches = []
     for source, (upstream, remote) in zip(sources, recorded, strict=True):
         if ":" not in source:
