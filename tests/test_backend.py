@@ -28,6 +28,15 @@ from lbalgo import (
 from lbalgo.testing import backends, groups
 
 
+def refusal(**fields: Any) -> InvalidBackendError:
+    """The InvalidBackendError refusing a Backend of these fields over valid defaults."""
+    args: dict[str, Any] = {"host": "10.0.0.1", "port": 80, "weight": 1, "name": None}
+    args.update(fields)
+    with pytest.raises(InvalidBackendError) as caught:
+        Backend(args["host"], args["port"], args["weight"], name=args["name"])
+    return caught.value
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field", "shown"),
     [
@@ -54,14 +63,11 @@ from lbalgo.testing import backends, groups
 def test_bad_backend_fields_name_the_field_and_value(
     kwargs: dict[str, Any], field: str, shown: str
 ) -> None:
-    args: dict[str, Any] = {"host": "10.0.0.1", "port": 80, "weight": 1, "name": None}
-    args.update(kwargs)
-    with pytest.raises(InvalidBackendError) as caught:
-        Backend(args["host"], args["port"], args["weight"], name=args["name"])
-    assert field in str(caught.value)
-    assert shown in str(caught.value)
-    assert isinstance(caught.value, ValueError)
-    assert isinstance(caught.value, LbalgoError)
+    error = refusal(**kwargs)
+    assert field in str(error)
+    assert shown in str(error)
+    assert isinstance(error, ValueError)
+    assert isinstance(error, LbalgoError)
 
 
 @pytest.mark.parametrize("weight", [0, 1, 50, MAX_WEIGHT])
@@ -239,11 +245,7 @@ def test_from_config_errors_name_the_entry(config: Any, message: str) -> None:
 def test_every_field_is_bounded_and_shown_safely(
     kwargs: dict[str, Any], field: str, shown: str
 ) -> None:
-    args: dict[str, Any] = {"host": "10.0.0.1", "port": 80, "weight": 1, "name": None}
-    args.update(kwargs)
-    with pytest.raises(InvalidBackendError) as caught:
-        Backend(args["host"], args["port"], args["weight"], name=args["name"])
-    message = str(caught.value)
+    message = str(refusal(**kwargs))
     assert message.startswith(f"{field} must be "), message
     assert shown in message
     assert len(message) < 400
