@@ -116,6 +116,20 @@ def test_a_missing_extra_is_one_clear_line(blocked: list[str], code: str, messag
     assert done.stderr.strip().splitlines()[-1] == f"ModuleNotFoundError: {message}"
 
 
+def test_importing_lbalgo_leaves_numpy_unimported() -> None:
+    # numpy is installed here (the fast extra), but only a table or ring built with it
+    # imports it: programs that never build one pay nothing at start-up
+    code = (
+        "import sys, lbalgo\n"
+        "print('numpy' in sys.modules)\n"
+        "lbalgo.SourceIPHash(lbalgo.BackendGroup([lbalgo.Backend('10.0.0.1', 80)]))\n"
+        "print('numpy' in sys.modules)"
+    )
+    done = _run_without([], code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
 def test_the_package_and_the_cli_need_no_extra(tmp_path: Path) -> None:
     blocked = ["hypothesis", "httpx", "matplotlib", "redis", "aiohttp", "numpy"]
     done = _run_without(blocked, "import lbalgo, lbalgo.health; print(lbalgo.__version__)")

@@ -10,15 +10,13 @@ and benchmarks compare both ways).
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 
 __all__ = ["HAVE_NUMPY", "numpy_in_use", "use_numpy"]
 
-try:
-    import numpy  # noqa: F401  (only whether it imports)
-except ImportError:
-    HAVE_NUMPY = False
-else:
-    HAVE_NUMPY = True
+# whether it is installed, without importing it: numpy's import (about 0.1 s) is paid by the
+# first table or ring built with it, not by every program that imports lbalgo
+HAVE_NUMPY = find_spec("numpy") is not None
 
 _on = HAVE_NUMPY and not os.environ.get("LBALGO_PURE_PYTHON")
 

@@ -19,11 +19,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lbalgo._accel import HAVE_NUMPY, numpy_in_use
+from lbalgo._accel import numpy_in_use
 from lbalgo.backend import Backend
-
-if HAVE_NUMPY:
-    import numpy as np
 
 __all__ = [
     "MAX_TRIES",
@@ -141,6 +138,8 @@ def _numpy_ring(servers: Sequence[tuple[str, int]]) -> tuple[array[int], array[i
     """The ring's (values, owners) with numpy: every server's crc32 chain advanced one step
     for all servers at once, then one sort of ``value << 16 | index``. O(P log P), about 14
     bytes a point at the peak."""
+    import numpy as np  # here, not at module import: see lbalgo._accel
+
     splits = (_split_server(server) for server, _ in servers)
     bases = [zlib.crc32(host + b"\0" + port) for host, port in splits]
     # crc32(le32(p), base) = L(p) ^ crc32(le32(0), base) with L linear over GF(2): two
@@ -183,6 +182,8 @@ def _numpy_ring(servers: Sequence[tuple[str, int]]) -> tuple[array[int], array[i
 def _chain_tables() -> tuple[Any, Any]:
     """L(p) for the low and the high 16 bits of p (512 KiB: a millisecond to make, so made
     for each ring rather than kept)."""
+    import numpy as np
+
     zero = zlib.crc32(bytes(4))
     pack = _LITTLE_ENDIAN.pack
     byte = [

@@ -54,8 +54,8 @@ from lbalgo._permutation import (
     permutation,
 )
 
-if HAVE_NUMPY:
-    from lbalgo import _table_numpy
+# lbalgo._table_numpy (and numpy with it) is imported where the kernels are first used, not
+# here: a program that never builds a table with them never pays numpy's import
 
 __all__ = [
     "NONE",
@@ -128,6 +128,7 @@ class RendezvousTable:
         table.theta = theta
         lengths = [m.walk_length(theta, size) for m in members]
         if numpy_in_use():
+            from lbalgo import _table_numpy
             table.owner, table.runner, table.tail, table.prefix = _table_numpy.build(
                 members, lengths, size
             )
@@ -241,6 +242,7 @@ class RendezvousTable:
         ident = self._new_ident(member)
         self._kept.clear()
         if numpy_in_use():
+            from lbalgo import _table_numpy
             _table_numpy.add(self, ident)
             return
         members, owner, runner, tail = self.members, self.owner, self.runner, self.tail
@@ -307,6 +309,7 @@ class RendezvousTable:
             self.tail = bytearray()
             return
         if numpy_in_use():
+            from lbalgo import _table_numpy
             _table_numpy.remove(self, member, ident)
             return
         size, theta = self.size, self.theta
@@ -385,6 +388,7 @@ class RendezvousTable:
         cells = size if self.idents else 0
         assert len(self.owner) == len(self.runner) == len(self.tail) == cells
         if HAVE_NUMPY:
+            from lbalgo import _table_numpy
             _table_numpy.check_prefix(self.prefix, size)
         assert {m.key: i for i, m in enumerate(self.members) if m is not None} == self.idents
         if not self.idents:
