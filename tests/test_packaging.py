@@ -5,6 +5,7 @@ extra, so nothing is uninstalled), and README links that work on PyPI."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ REPO = PROJECT["urls"]["Source"]
 def test_version_is_written_once() -> None:
     assert "version" not in PROJECT
     assert PROJECT["dynamic"] == ["version"]
-    assert PYPROJECT["tool"]["hatch"]["version"]["path"] == "src/lbalgo/__init__.py"
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lbalgo.__version__"}
     assert importlib.metadata.version("lbalgo") == lbalgo.__version__
     # one definition: no other code or config file spells it (generated reports may record it)
     files = subprocess.run(
@@ -47,9 +48,11 @@ def test_license_urls_and_classifiers() -> None:
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License\n")
     assert "Permission is hereby granted, free of charge" in license_text
-    assert PROJECT["license"] == {"text": "MIT"}
+    # an SPDX expression (PEP 639), which replaces the license classifiers
+    assert PROJECT["license"] == "MIT"
+    assert PROJECT["license-files"] == ["LICENSE"]
     classifiers = set(PROJECT["classifiers"])
-    assert "License :: OSI Approved :: MIT License" in classifiers
+    assert not any(c.startswith("License ::") for c in classifiers)
     assert any(c.startswith("Development Status :: ") for c in classifiers)
     minimum = int(PROJECT["requires-python"].removeprefix(">=3."))
     versions = sorted(
@@ -130,8 +133,23 @@ def test_importing_lbalgo_leaves_numpy_unimported() -> None:
     assert done.stdout.split() == ["False", "True"]
 
 
+def test_the_c_accelerators_are_built_where_required() -> None:
+    # CI (LBALGO_REQUIRE_ACCELERATORS=1) has a C compiler: a build that silently skipped an
+    # accelerator would leave every test running the pure-Python code only
+    if not os.environ.get("LBALGO_REQUIRE_ACCELERATORS"):
+        pytest.skip("LBALGO_REQUIRE_ACCELERATORS is not set")
+    from lbalgo import _accel
+
+    if _accel.PURE_PYTHON:
+        pytest.skip("LBALGO_PURE_PYTHON turns the accelerators off")
+    missing = [name for name in _accel.COMPILED if _accel.compiled(name) is None]
+    assert missing == []
+
+
 def test_the_package_and_the_cli_need_no_extra(tmp_path: Path) -> None:
+    # neither an extra nor the C accelerators (a machine without a compiler builds none)
     blocked = ["hypothesis", "httpx", "matplotlib", "redis", "aiohttp", "numpy"]
+    blocked += [f"lbalgo.{name}" for name in ("_hotpath", "_wf2q_c")]
     done = _run_without(blocked, "import lbalgo, lbalgo.health; print(lbalgo.__version__)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == lbalgo.__version__
