@@ -15,7 +15,7 @@ The C paths read these instance attributes by name: ``_slots`` (release), ``_str
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from lbalgo._accel import compiled
 from lbalgo.scheduler import Lease
@@ -30,12 +30,16 @@ F = TypeVar("F", bound=Callable[..., object])
 def release(method: F) -> F:
     """``BaseScheduler.release``: the very Backend a pick returned, ``failed`` absent or
     ``False``, a slot that needs no notification: the end counted in C."""
-    return method if _hotpath is None else _hotpath.release_method(method)  # type: ignore[no-any-return]
+    if _hotpath is None:
+        return method
+    return cast(F, _hotpath.release_method(method))
 
 
 def rotation_pick(method: F) -> F:
     """``SmoothWeightedRoundRobin.pick`` without ``exclude``: one step of the stream in C."""
-    return method if _hotpath is None else _hotpath.rotation_pick(method)  # type: ignore[no-any-return]
+    if _hotpath is None:
+        return method
+    return cast(F, _hotpath.rotation_pick(method))
 
 
 def rotation_connection(method: F) -> F:
@@ -43,7 +47,7 @@ def rotation_connection(method: F) -> F:
     :class:`~lbalgo.Lease` made in C."""
     if _hotpath is None:
         return method
-    return _hotpath.rotation_connection(method, Lease)  # type: ignore[no-any-return]
+    return cast(F, _hotpath.rotation_connection(method, Lease))
 
 
 def hash_pick(seed: int, size: int, *, inet_pton: bool) -> Callable[[F], F]:
@@ -55,7 +59,7 @@ def hash_pick(seed: int, size: int, *, inet_pton: bool) -> Callable[[F], F]:
     def install(method: F) -> F:
         if _hotpath is None or not inet_pton:
             return method
-        return _hotpath.hash_pick(method, seed, size)  # type: ignore[no-any-return]
+        return cast(F, _hotpath.hash_pick(method, seed, size))
 
     return install
 
@@ -66,6 +70,6 @@ def hash_connection(seed: int, size: int, *, inet_pton: bool) -> Callable[[F], F
     def install(method: F) -> F:
         if _hotpath is None or not inet_pton:
             return method
-        return _hotpath.hash_connection(method, seed, size, Lease)  # type: ignore[no-any-return]
+        return cast(F, _hotpath.hash_connection(method, seed, size, Lease))
 
     return install

@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 _hotpath = compiled("_hotpath")
-if TYPE_CHECKING or _hotpath is None:
+# the Lease's core: mypy checks the pure one, whose behaviour the C one has
+if TYPE_CHECKING or _hotpath is None:  # noqa: SIM108 -- a ternary is no base class to mypy
     _LeaseCore = PyLease
 else:
     _LeaseCore = _hotpath.Lease
