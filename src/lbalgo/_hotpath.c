@@ -33,13 +33,16 @@
 #ifdef _WIN32
 #include <winsock2.h>
 #include <ws2tcpip.h>
+#ifdef _MSC_VER
+#pragma comment(lib, "ws2_32") /* inet_pton; Python's socket module has started Winsock */
+#endif
 #else
 #include <arpa/inet.h>
 #endif
 
 /* names read on the hot paths, interned once at import */
 static PyObject *str_slots, *str_stream, *str_end_lease, *str_table, *str_fast, *str_blocked;
-static PyObject *str_key, *str_picks, *str_backend, *str_notify, *str_end;
+static PyObject *str_key, *str_notify, *str_end;
 
 static int
 no_arguments(const char *name, PyObject *args, PyObject *kwds)
@@ -982,18 +985,29 @@ fastmethod_getattro(PyObject *self, PyObject *name)
         return value;
     }
     PyErr_Clear();
-    return PyObject_GetAttr(((FastMethodObject *)self)->fallback, name);
+    PyObject *wrapped = ((FastMethodObject *)self)->fallback;
+    if (wrapped == NULL) { /* cleared by the garbage collector */
+        PyErr_SetObject(PyExc_AttributeError, name);
+        return NULL;
+    }
+    return PyObject_GetAttr(wrapped, name);
 }
 
 static PyObject *
 fastmethod_get_doc(FastMethodObject *self, void *Py_UNUSED(closure))
 {
+    if (self->fallback == NULL) {
+        Py_RETURN_NONE;
+    }
     return PyObject_GetAttrString(self->fallback, "__doc__");
 }
 
 static PyObject *
 fastmethod_repr(FastMethodObject *self)
 {
+    if (self->fallback == NULL) {
+        return PyUnicode_FromString("<C fast path (cleared)>");
+    }
     return PyUnicode_FromFormat("<C fast path of %R>", self->fallback);
 }
 
@@ -1146,8 +1160,7 @@ PyInit__hotpath(void)
     if (intern(&str_slots, "_slots") < 0 || intern(&str_stream, "_stream") < 0 ||
         intern(&str_end_lease, "_end_lease") < 0 || intern(&str_table, "_table") < 0 ||
         intern(&str_fast, "_fast") < 0 || intern(&str_blocked, "_blocked") < 0 ||
-        intern(&str_key, "key") < 0 || intern(&str_picks, "picks") < 0 ||
-        intern(&str_backend, "backend") < 0 || intern(&str_notify, "notify") < 0 ||
+        intern(&str_key, "key") < 0 || intern(&str_notify, "notify") < 0 ||
         intern(&str_end, "end") < 0) {
         return NULL;
     }
