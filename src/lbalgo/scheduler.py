@@ -153,6 +153,18 @@ class Lease(_LeaseCore):
 
     __slots__ = ()
 
+    if TYPE_CHECKING:  # what the core provides (in C or in _lease.py), for the API reference
+
+        @property
+        def released(self) -> bool:
+            """Whether the lease has ended (released or failed)."""
+
+        def release(self) -> None:
+            """End the lease normally (idempotent). O(1)."""
+
+        def fail(self) -> None:
+            """Report a failure of this backend to passive health, then release (idempotent)."""
+
     async def __aenter__(self) -> Lease:
         return self
 
