@@ -151,10 +151,12 @@ def neighbours_table(loops: int, rounds: int, quick: bool) -> Table:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few loops")
+    parser.add_argument("--rounds", type=int, help="rounds per figure (default 5; quick 2)")
     args = parser.parse_args(argv)
     if lbalgo._accel.compiled("_hotpath") is None:
         raise SystemExit("lbalgo._hotpath is not built (or LBALGO_PURE_PYTHON is set)")
     sizes, loops, rounds = ((8, 50), 1_000, 2) if args.quick else ((8, 50, 500), 20_000, 5)
+    rounds = args.rounds or rounds
     print(request_table(sizes, loops, rounds).to_markdown())
     print(neighbours_table(loops, rounds, args.quick).to_markdown())
 
