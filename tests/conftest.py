@@ -27,6 +27,9 @@ settings.register_profile(
     print_blob=True,
 )
 settings.register_profile("dev", deadline=None, max_examples=300)
+# the second pass of tests/test_pure_python.py: the same tests over the pure-Python fallback of
+# the C accelerator, fewer examples each (the main run draws the full count over the C code)
+settings.register_profile("pure", parent=settings.get_profile("ci"), max_examples=25)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -25,7 +25,7 @@ from lbalgo import (
     attempts,
 )
 from lbalgo._base import BaseScheduler
-from lbalgo._slot import Slot
+from lbalgo._counter import PyTally
 
 GROUP = BackendGroup(
     [Backend("10.0.0.1", 80, 3), Backend("10.0.0.2", 80, 1), Backend("10.0.0.3", 80, 1)]
@@ -119,11 +119,12 @@ def test_a_sticky_pick_that_the_ledger_refuses_counts_nothing() -> None:
 def test_open_count_read_without_the_lock_never_goes_negative(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``Slot.open`` read the pick counter, then the release count: a pick and its release
+    """``Tally.open`` read the pick counter, then the release count: a pick and its release
     by other threads in between (lock-free fast paths count picks outside the lock) made
     ``open_connections`` return -1. Simulated deterministically: every count read is where
-    another thread's pick and release land."""
-    slot = Slot(Backend("10.0.0.1", 80))
+    another thread's pick and release land. The pure-Python tally's reads are the ones at
+    stake (the C tally reads its three counts in one step under the GIL)."""
+    slot = PyTally()
     real = counter_module.count_of
 
     def racing_read(count: Iterator[int]) -> int:

@@ -449,7 +449,7 @@ def test_bench_quick_smoke_run(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     for i, name in enumerate(_report.MODULES, 1):
         assert f"## {name}" in markdown
         assert f"running lbalgo.bench.{name} ({i}/{len(_report.MODULES)}) ..." in err
-        assert re.search(rf"^bench {name}: done in \d+ s", err, flags=re.MULTILINE)
+        assert re.search(rf"^bench {name}: done in (\d+ min )?\d+ s", err, flags=re.MULTILINE)
         assert f"=== {name} ===" in out
     assert "###" in markdown  # at least one module produced a table
 

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 
+from lbalgo import _fastpath
 from lbalgo._counter import steps_left
 from lbalgo._options import check_group, check_options, check_release, normalize_exclude
 from lbalgo._passive import PassiveHealth
@@ -120,6 +121,7 @@ class BaseScheduler(ABC):
         slot = self._pick_slot(client, exclude)
         return Lease(slot.backend, slot, self._end_lease)
 
+    @_fastpath.release  # the plain case in C, where the accelerator is built
     def release(self, backend: Backend, *, failed: bool = False) -> None:
         """One request on ``backend`` ended; ``failed=True`` reports it to passive health.
 
@@ -130,11 +132,10 @@ class BaseScheduler(ABC):
         """
         # fast path: the very Backend a pick returned, found by its key (a str, hash cached)
         try:
-            slot = self._slots[backend.key]
+            slot: Slot | None = self._slots[backend.key]
         except Exception:  # not a Backend, or not in the group: the slow path says which
-            self._release_checked(backend, failed)
-            return
-        if slot.backend is not backend or failed is not False:
+            slot = None
+        if slot is None or slot.backend is not backend or failed is not False:
             self._release_checked(backend, failed)
             return
         # Tally.end inlined: end number n is within the open count if n + picks left < limit
@@ -406,8 +407,7 @@ class BaseScheduler(ABC):
             self._finish(slot, fail)
 
     def _finish_lease(self, slot: Slot, failed: bool) -> None:
-        """A lease's release that the scheduler must count and hear of (see
-        :class:`~lbalgo.Lease`): a failure, or a release while ``slot.notify``."""
+        """A lease's release the scheduler must count and hear of (a failure, or notify)."""
         # a lease outliving its backend's removal (or a re-added key) counts nowhere
         if slot.live:
             self._finish(slot, failed)

@@ -7,6 +7,12 @@ it is one C call (under the GIL nothing runs in the middle of it), it returns th
 and ``operator.length_hint`` reads how many steps remain, which gives the count back in
 another C call: no parsing, no object per event, O(1) memory for any count.
 
+Two implementations with one behaviour: :class:`PyTally` here, and the C accelerator's
+``lbalgo._hotpath.Tally`` (its counts are C counters with the same ``next()`` and
+``__length_hint__``; a release there is one C call). :data:`Tally`, :func:`new_count` and
+:func:`steps_left` are the one in use (C when built, see ``lbalgo._accel``); both stay
+importable side by side, which the tests use to check that they agree.
+
 >>> tally = Tally()
 >>> next(tally.picks), next(tally.picks), tally.open
 (0, 1, 2)
@@ -22,8 +28,13 @@ import sys
 from collections.abc import Callable, Iterator
 from operator import length_hint
 from threading import Lock
+from typing import TYPE_CHECKING
 
-__all__ = ["ORIGIN", "Tally", "count_of", "new_count", "steps_left"]
+from lbalgo._accel import compiled
+
+__all__ = ["ORIGIN", "PyTally", "Tally", "count_of", "new_count", "steps_left"]
+
+_hotpath = compiled("_hotpath")
 
 _VOID_LOCK = Lock()  # only the rare over-release path takes it
 
@@ -32,14 +43,15 @@ ORIGIN = sys.maxsize
 machine word (2**63 - 1 on 64-bit builds; a year at a billion picks a second uses 2**55)."""
 
 
-steps_left: Callable[[Iterator[int]], int] = type(iter(range(ORIGIN))).__length_hint__  # type: ignore[attr-defined]
-"""``steps_left(count)``: ``ORIGIN`` minus the count, in one C call. The unbound method of
+_range_steps_left: Callable[[Iterator[int]], int] = type(iter(range(ORIGIN))).__length_hint__  # type: ignore[attr-defined]
+"""``_range_steps_left(count)``: ``ORIGIN`` minus the count, in one C call. The unbound method of
 the ``range`` iterator type: the interpreter calls it without building a bound method, which
 makes it the cheapest read of a count (about a third of ``operator.length_hint``'s cost)."""
 
 
-def new_count() -> Iterator[int]:
-    """A fresh count at 0: ``next()`` on it adds one and returns the count before. O(1)."""
+def _range_count() -> Iterator[int]:
+    """A fresh pure-Python count at 0: ``next()`` on it adds one and returns the count
+    before. O(1)."""
     return iter(range(ORIGIN))
 
 
@@ -52,7 +64,7 @@ def count_of(count: Iterator[int]) -> int:
     return ORIGIN - length_hint(count)  # not on hot paths: see steps_left
 
 
-class Tally:
+class PyTally:
     """Picks and ends of one backend in one scheduler, and the ends voided because no pick
     was left open for them; the open count is ``picks - ends + voided``.
 
@@ -65,8 +77,8 @@ class Tally:
     __slots__ = ("ends", "limit", "picks")
 
     def __init__(self) -> None:
-        self.picks = new_count()
-        self.ends = new_count()
+        self.picks = _range_count()
+        self.ends = _range_count()
         self.limit = ORIGIN
 
     @property
@@ -94,7 +106,7 @@ class Tally:
         is below ``limit``: one ``next()``, one read and one comparison, lock-free. A release that
         finds itself beyond the open count voids the excess (:meth:`void_excess`). O(1).
         """
-        if next(self.ends) + steps_left(self.picks) < self.limit:
+        if next(self.ends) + _range_steps_left(self.picks) < self.limit:
             return True
         return self.void_excess()
 
@@ -115,3 +127,16 @@ class Tally:
         picks, ends, voided = count_of(self.picks), count_of(self.ends), self.limit - ORIGIN
         assert 0 <= voided <= ends, (picks, ends, voided)
         assert ends - voided <= picks, (picks, ends, voided)
+
+
+# The implementation in use: ``Tally()`` a fresh tally, ``new_count()`` a fresh count at 0
+# (``next()`` adds one and returns the count before), ``steps_left(count)`` ORIGIN minus the
+# count in one C call (the unbound ``__length_hint__`` of the count's type: the cheapest read).
+if TYPE_CHECKING or _hotpath is None:
+    Tally = PyTally
+    new_count = _range_count
+    steps_left = _range_steps_left
+else:  # the C tally, and its count type's reads (a C count is not a range iterator)
+    Tally = _hotpath.Tally
+    new_count = _hotpath.Count
+    steps_left = _hotpath.Count.__length_hint__

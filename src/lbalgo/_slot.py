@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from lbalgo._counter import Tally
+from lbalgo._accel import compiled
+from lbalgo._counter import PyTally
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo.backend import Backend
 
 __all__ = ["Slot"]
 
+_hotpath = compiled("_hotpath")
 
-class Slot(Tally):
+# With the C accelerator, ``backend`` and ``notify`` (the two fields a release reads besides
+# the counts) live in its ``SlotBase``, where the C release and lease read them directly.
+if TYPE_CHECKING or _hotpath is None:
+    _Base = PyTally
+    _RELEASE_FIELDS: tuple[str, ...] = ("backend", "notify")
+else:
+    _Base = _hotpath.SlotBase
+    _RELEASE_FIELDS = ()
+
+
+class Slot(_Base):
     """Runtime state of one backend key inside one scheduler: its counts (a
     :class:`~lbalgo._counter.Tally`), health mark, slow-start ramp and passive-health state.
 
@@ -21,18 +34,17 @@ class Slot(Tally):
 
     __slots__ = (
         "accessed",
-        "backend",
         "checked",
         "fails",
         "failures",
         "key",
         "live",
-        "notify",
         "ramp_start",
         "ramp_step",
         "suspended_until",
         "up",
         "weight",
+        *_RELEASE_FIELDS,
     )
 
     def __init__(self, backend: Backend, notify: bool = False) -> None:

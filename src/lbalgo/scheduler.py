@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from types import TracebackType
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
-from lbalgo._counter import steps_left
-from lbalgo._slot import Slot
+from lbalgo._accel import compiled
+from lbalgo._lease import PyLease
 from lbalgo._slowstart import RAMP_STEPS
 from lbalgo.backend import Backend, BackendGroup
 
@@ -35,6 +35,13 @@ __all__ = [
     "Lease",
     "Scheduler",
 ]
+
+_hotpath = compiled("_hotpath")
+# the Lease's core: mypy checks the pure one, whose behaviour the C one has
+if TYPE_CHECKING or _hotpath is None:  # noqa: SIM108 -- a ternary is no base class to mypy
+    _LeaseCore = PyLease
+else:
+    _LeaseCore = _hotpath.Lease
 
 Client: TypeAlias = str | IPv4Address | IPv6Address | None
 """What ``pick`` accepts as the client: a source address (or, for sticky sessions, a key)."""
@@ -120,18 +127,20 @@ class Scheduler(Protocol):
 
 
 
-class Lease:
+class Lease(_LeaseCore):
     """One picked backend for one request or connection, released exactly once.
 
     ``release()`` ends it normally (a second call does nothing); ``fail()`` reports a connect
-    error or timeout to passive health, then releases. As a context manager (``with`` or
-    ``async with``) it is released on exit, also when the block raises; a lease may also be
-    kept past a block and released by hand later, for streamed responses.
+    error or timeout to passive health, then releases; ``released`` says whether it has
+    ended; ``backend`` is the backend it holds. As a context manager (``with`` or ``async
+    with``) it is released on exit, also when the block raises; a lease may also be kept past
+    a block and released by hand later, for streamed responses.
 
-    Exactly once without a lock: the lease holds a list of one token, and the first
-    ``pop()`` on it, a single C call, is the only one that gets the token. The release itself
-    is counted right there, lock-free, on the token's counts, unless the scheduler must hear
-    of it (passive health, a ledger, bounded loads): then the scheduler counts it. O(1).
+    Exactly once without a lock: the first release takes the lease's one token in a single
+    step under the GIL (a C call), and only that release counts, lock-free, on the token's
+    counts, unless the scheduler must hear of it (passive health, a ledger, bounded loads):
+    then the scheduler counts it. O(1). The core is C where the accelerator is built
+    (``lbalgo._hotpath.Lease``), else :class:`lbalgo._lease.PyLease`: the same behaviour.
 
     >>> from lbalgo import Backend, BackendGroup, SmoothWeightedRoundRobin
     >>> sched = SmoothWeightedRoundRobin(BackendGroup([Backend("10.0.0.1", 80)]))
@@ -142,62 +151,19 @@ class Lease:
     (0, True)
     """
 
-    __slots__ = ("_end", "_once", "backend")
+    __slots__ = ()
 
-    def __init__(self, backend: Backend, token: Slot, end: Callable[[Slot, bool], None]):
-        """Schedulers build leases (``connection()``) on the pick's counts (``token``).
-        ``end(token, failed)`` is called at most once, to count the release and react to it:
-        by ``fail()`` with ``True``, and by ``release()`` or the block's exit with ``False``
-        when ``token.notify`` says the scheduler must hear of it (otherwise the lease counts
-        the release itself)."""
-        self.backend: Backend = backend
-        """The backend this lease holds a connection slot on."""
-        self._once = [token]
-        self._end = end
+    if TYPE_CHECKING:  # what the core provides (in C or in _lease.py), for the API reference
 
-    @property
-    def released(self) -> bool:
-        """Whether the lease has ended (released or failed)."""
-        return not self._once
+        @property
+        def released(self) -> bool:
+            """Whether the lease has ended (released or failed)."""
 
-    def release(self) -> None:
-        """End the lease normally (idempotent)."""
-        try:
-            token = self._once.pop()
-        except IndexError:
-            return
-        if token.notify:  # the scheduler counts it and hears of it
-            self._end(token, False)
-        # Tally.end inlined (see lbalgo._counter): counted if within the open count
-        elif next(token.ends) + steps_left(token.picks) >= token.limit:
-            token.void_excess()
+        def release(self) -> None:
+            """End the lease normally (idempotent). O(1)."""
 
-    def fail(self) -> None:
-        """Report a failure of this backend to passive health, then release (idempotent)."""
-        try:
-            token = self._once.pop()
-        except IndexError:
-            return
-        self._end(token, True)
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # release() written out: this is the hot path of every `with sched.connection():`
-        try:
-            token = self._once.pop()
-        except IndexError:
-            return
-        if token.notify:
-            self._end(token, False)
-        elif next(token.ends) + steps_left(token.picks) >= token.limit:
-            token.void_excess()
+        def fail(self) -> None:
+            """Report a failure of this backend to passive health, then release (idempotent)."""
 
     async def __aenter__(self) -> Lease:
         return self

@@ -22,6 +22,7 @@ from fractions import Fraction
 
 import mmh3
 
+from lbalgo import _fastpath
 from lbalgo._address import STRICT_PTON, address_key, remote_addr
 from lbalgo._base import BaseScheduler
 from lbalgo._nginx_chash import MAX_TRIES, Ring, RoundRobin, servers_for
@@ -155,6 +156,8 @@ class SourceIPHash(BaseScheduler):
 
     # -- the fast path ------------------------------------------------------------------------
 
+    # the IPv4 table path in C where the accelerator is built (the same steps)
+    @_fastpath.hash_pick(_CLIENT_SEED, TABLE_SIZE, inet_pton=STRICT_PTON)
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
         """The backend for ``client``'s new request: its first eligible choice.
 
@@ -178,6 +181,7 @@ class SourceIPHash(BaseScheduler):
                 return slot.backend
         return self._pick_slot(client, exclude).backend
 
+    @_fastpath.hash_connection(_CLIENT_SEED, TABLE_SIZE, inet_pton=STRICT_PTON)
     def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
         """Pick for ``client`` now and return a :class:`Lease` to release later."""
         # one read of the table: an update emptying it may land after the check of _fast

@@ -15,6 +15,7 @@ import math
 import time
 from collections import Counter
 
+from lbalgo import _fastpath
 from lbalgo._base import BaseScheduler
 from lbalgo._counter import count_of
 from lbalgo._options import normalize_exclude
@@ -124,6 +125,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
 
     # -- the fast path -----------------------------------------------------------------------
 
+    @_fastpath.rotation_pick  # in C where the accelerator is built (the same steps)
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
         """The next backend in nginx's sequence (O(1) when nothing is excluded)."""
         if not exclude:
@@ -133,6 +135,7 @@ class SmoothWeightedRoundRobin(BaseScheduler):
                 pass
         return self._pick_slot(client, exclude).backend
 
+    @_fastpath.rotation_connection
     def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
         """The next backend in nginx's sequence, held by a :class:`~lbalgo.Lease` (O(1)
         and lock-free when nothing is excluded, its exit too)."""

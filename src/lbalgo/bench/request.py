@@ -5,8 +5,9 @@ A proxy calls ``pick`` and ``release`` (or ``with sched.connection():``) on ever
 the headline figure of each algorithm is the pair, not the pick alone. Three tables:
 
 - smooth weighted round robin (weights 1..100, replaying its cycle): pick, pick + release,
-  ``with connection()``;
-- source-IP hashing (1,024 IPv4 clients in turn): the same three;
+  ``with connection()``, with the C accelerator where it is built and, in the same rounds,
+  the pure-Python fallback (:mod:`lbalgo.bench._pure`);
+- source-IP hashing (1,024 IPv4 clients in turn): the same three, both ways;
 - weighted least connections (half the backends holding connections): pick + release and
   ``with connection()``, against a bare O(n) scan (:class:`~lbalgo.testing.reference.
   ScanLeastConnections`), and a health flap (``mark_down`` + ``mark_up``) at the largest size.
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lbalgo._accel import compiled
 from lbalgo.backend import BackendGroup
 from lbalgo.bench._core import (
     Table,
@@ -29,6 +31,7 @@ from lbalgo.bench._core import (
     sample_group,
     time_loop,
 )
+from lbalgo.bench._pure import pure_group, pure_lbalgo
 from lbalgo.source_ip_hash import SourceIPHash
 from lbalgo.swrr import SmoothWeightedRoundRobin
 from lbalgo.testing.reference import ScanLeastConnections
@@ -105,7 +108,8 @@ def _lease_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
 
 def _three(
     title: str,
-    build: Callable[[BackendGroup], Any],
+    build: Callable[[Any], Any],
+    pure_build: Callable[[Any], Any],
     sizes: Sequence[int],
     loops: int,
     rounds: int,
@@ -114,17 +118,30 @@ def _three(
 ) -> Table:
     table = Table(
         title,
-        ["backends", "pick", "pick + release", "with connection()", "goal (issue 12)"],
+        [
+            "backends",
+            "pick",
+            "pick + release",
+            "with connection()",
+            "pure Python: pick",
+            "pure: pick + release",
+            "pure: with connection()",
+            "goal (issue 12)",
+        ],
     )
     for n in sizes:
-        sched = build(sample_group(n))
+        group = sample_group(n)
+        sched, pure = build(group), pure_build(pure_group(group))
 
-        def measure(sched: Any = sched) -> list[float]:
+        def measure(sched: Any = sched, pure: Any = pure) -> list[float]:
             return [
                 empty_call_ns(loops),
                 _pick_ns(sched, loops, clients),
                 _pair_ns(sched, loops, clients),
                 _lease_ns(sched, loops, clients),
+                _pick_ns(pure, loops, clients),
+                _pair_ns(pure, loops, clients),
+                _lease_ns(pure, loops, clients),
             ]
 
         table.rows.append([n, *best_ratios(measure, rounds), ", ".join(goals)])
@@ -132,14 +149,32 @@ def _three(
         "multiples of an empty method call (each time a median of 5 runs of "
         f"{loops:,} calls, the best of {rounds} rounds taken back to back)"
     )
+    accelerated = compiled("_hotpath") is not None
+    table.notes.append(
+        "the first three columns: what users get, "
+        + ("with the C accelerator (lbalgo._hotpath)" if accelerated else "pure Python (no C")
+        + ("" if accelerated else " accelerator built, or LBALGO_PURE_PYTHON set)")
+        + "; the pure-Python columns: the fallback, measured in the same rounds "
+        "(a second copy of lbalgo imported with the accelerator off)"
+    )
     return table
 
 
 def _steady_swrr(group: BackendGroup) -> SmoothWeightedRoundRobin:
     sched = SmoothWeightedRoundRobin(group)
-    for _ in range(2 * group.total_weight + 1):  # past the generation: replaying its cycle
-        sched.pick()
+    _steady(sched, group.total_weight)
     return sched
+
+
+def _steady_pure_swrr(group: Any) -> Any:
+    sched = pure_lbalgo().SmoothWeightedRoundRobin(group)
+    _steady(sched, group.total_weight)
+    return sched
+
+
+def _steady(sched: Any, total_weight: int) -> None:
+    for _ in range(2 * total_weight + 1):  # past the generation: replaying its cycle
+        sched.pick()
 
 
 def swrr_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
@@ -147,6 +182,7 @@ def swrr_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
     table = _three(
         "Smooth weighted round robin: the whole request, weights 1..100",
         _steady_swrr,
+        _steady_pure_swrr,
         sizes,
         loops,
         rounds,
@@ -162,6 +198,7 @@ def hash_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
     table = _three(
         "Source-IP hash: the whole request, 1,024 IPv4 clients in turn",
         SourceIPHash,
+        lambda group: pure_lbalgo().SourceIPHash(group),
         sizes,
         loops,
         rounds,
