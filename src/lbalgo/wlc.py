@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from typing import Any
 
 from lbalgo._base import BaseScheduler
 from lbalgo._nginx_least_conn import NginxLeastConnLedger
@@ -19,7 +20,8 @@ from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidOptionError, InvalidTypeError
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
-from lbalgo.local_ledger import LocalLedger
+from lbalgo._accel import compiled
+from lbalgo.local_ledger import ACCELERATED, LocalLedger, PurePythonLedger
 from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
 __all__ = ["WeightedLeastConnections"]
@@ -123,6 +125,7 @@ class WeightedLeastConnections(BaseScheduler):
         # a ledger that changes one key's weight in O(log n) hears of each change alone
         self._incremental = ledger if isinstance(ledger, IncrementalLedger) else None
         self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
+        self._path: Any = None  # the C request path, set up below where it applies
         if given:
             # checked before the base's first rebuild hands the ledger this group
             with _owners_lock:
@@ -153,7 +156,15 @@ class WeightedLeastConnections(BaseScheduler):
         self._local: LocalLedger | NginxLeastConnLedger | None = None
         if not self._timed and isinstance(ledger, (LocalLedger, NginxLeastConnLedger)):
             # exact types only: a subclass may count differently
-            self._local = ledger if type(ledger) in (LocalLedger, NginxLeastConnLedger) else None
+            if type(ledger) in (LocalLedger, PurePythonLedger, NginxLeastConnLedger):
+                self._local = ledger
+        if self._local is not None and type(ledger) is LocalLedger and ACCELERATED:
+            # pick, release and a lease's end in one C call each, on the ledger's C acquire
+            # and release_open, under the same lock (lbalgo._wf2q_c.RequestPath)
+            accelerator = compiled("_wf2q_c")
+            assert accelerator is not None  # ACCELERATED says it is built and in use
+            self._path = accelerator.RequestPath(ledger, self._lock, self._slots, self._end_lease)
+            self._path_end = self._path.end  # bound once: every lease holds it
 
     @property
     def ledger(self) -> ConnectionLedger:
@@ -163,6 +174,12 @@ class WeightedLeastConnections(BaseScheduler):
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
         """Choose the backend for one new connection: the lowest ``open / weight``,
         O(log n) under one short lock."""
+        path = self._path
+        if path is not None and not exclude:
+            backend: Backend | None = path.pick()
+            if backend is None:
+                raise self._no_backend(())
+            return backend
         local = self._local
         if local is None or exclude:
             return self._pick_slot(client, exclude).backend
@@ -183,6 +200,12 @@ class WeightedLeastConnections(BaseScheduler):
     def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
         """Pick now and return a :class:`~lbalgo.Lease`; its exit is :meth:`release`'s
         path, O(log n) under one short lock."""
+        path = self._path
+        if path is not None and not exclude:
+            slot: Slot | None = path.pick_slot()
+            if slot is None:
+                raise self._no_backend(())
+            return Lease(slot.backend, slot, self._path_end)
         local = self._local
         if local is None or exclude:
             return super().connection(client, exclude=exclude)
@@ -201,6 +224,10 @@ class WeightedLeastConnections(BaseScheduler):
     def release(self, backend: Backend, *, failed: bool = False) -> None:
         """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`),
         O(log n) under one short lock."""
+        path = self._path
+        # the C path takes the very Backend a pick returned, else answers False
+        if path is not None and failed is False and path.release(backend):
+            return
         local = self._local
         try:  # the Backend a pick returned, by its key (see BaseScheduler.release)
             slot = self._slots[backend.key]
@@ -269,6 +296,8 @@ class WeightedLeastConnections(BaseScheduler):
             if weight:
                 eligible.append((slot.key, weight))
         self._ledger.set_eligible(eligible)
+        if self._path is not None:  # an update replaced the slots dict
+            self._path.retarget(self._slots)
         keys = self._slots.keys()
         gone = [key for key in self._known if key not in keys]
         if gone:
