@@ -135,10 +135,76 @@ entry_item(PyObject *entry, Py_ssize_t at)
     return PyTuple_GET_ITEM(entry, at);
 }
 
-/* 1 if a < b (or a <= b, a == b ...: op), 0 if not, -1 with an error */
+/* -1, 0 or 1 as the exact ints a and b compare */
 static inline int
+int_cmp(PyObject *a, PyObject *b)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    /* 3.11's layout (long_compare's rule): the size carries the sign and the digit count */
+    Py_ssize_t sa = Py_SIZE(a), sb = Py_SIZE(b);
+    if (sa != sb) {
+        return sa < sb ? -1 : 1;
+    }
+    Py_ssize_t n = sa < 0 ? -sa : sa;
+    const digit *da = ((PyLongObject *)a)->ob_digit, *db = ((PyLongObject *)b)->ob_digit;
+    while (--n >= 0) {
+        if (da[n] != db[n]) {
+            int c = da[n] < db[n] ? -1 : 1;
+            return sa < 0 ? -c : c;
+        }
+    }
+    return 0;
+#else
+    int oa, ob;
+    long long x = PyLong_AsLongLongAndOverflow(a, &oa), y = PyLong_AsLongLongAndOverflow(b, &ob);
+    if (!oa && !ob) {
+        return x < y ? -1 : x > y;
+    }
+    if (oa != ob) {
+        return oa < ob ? -1 : 1;
+    }
+    /* both beyond 64 bits on the same side: the C API's comparison */
+    int lt = PyObject_RichCompareBool(a, b, Py_LT);
+    return lt ? -1 : !PyObject_RichCompareBool(a, b, Py_EQ);
+#endif
+}
+
+static inline int
+verdict(int c, int op)
+{
+    switch (op) {
+    case Py_LT: return c < 0;
+    case Py_LE: return c <= 0;
+    case Py_EQ: return c == 0;
+    case Py_NE: return c != 0;
+    case Py_GT: return c > 0;
+    default: return c >= 0;
+    }
+}
+
+/* PyObject_RichCompareBool(a, b, op) (1, 0, or -1 with an error), with the cases of this
+ * module done here: two exact ints, and two tuples of exact ints compared item by item as
+ * tuples compare (the first unequal item decides, else the lengths) */
+static int
 compare(PyObject *a, PyObject *b, int op)
 {
+    if (PyLong_CheckExact(a) && PyLong_CheckExact(b)) {
+        return verdict(int_cmp(a, b), op);
+    }
+    if (PyTuple_CheckExact(a) && PyTuple_CheckExact(b)) {
+        Py_ssize_t na = PyTuple_GET_SIZE(a), nb = PyTuple_GET_SIZE(b);
+        for (Py_ssize_t i = 0; i < na && i < nb; i++) {
+            PyObject *x = PyTuple_GET_ITEM(a, i), *y = PyTuple_GET_ITEM(b, i);
+            if (!PyLong_CheckExact(x) || !PyLong_CheckExact(y)) {
+                return PyObject_RichCompareBool(a, b, op);
+            }
+            int c = int_cmp(x, y);
+            if (c) {
+                return verdict(c, op);
+            }
+        }
+        return verdict(na < nb ? -1 : na > nb, op);
+    }
     return PyObject_RichCompareBool(a, b, op);
 }
 
@@ -988,22 +1054,36 @@ Schedule_release(Schedule *self, PyObject *key)
 /* ---- the request path of a WeightedLeastConnections on this ledger ---------------------- */
 
 static PyObject *str_acquire, *str_release, *str_picks, *str_ends, *str_backend, *str_key,
-    *str_live;
+    *str_live, *str_client, *str_exclude, *str_failed;
+
+/* the attributes of a Slot read on the request path, in this order */
+enum { PICKS, ENDS, BACKEND, KEY, LIVE, NFIELDS };
+static PyObject **field_names[NFIELDS] = {&str_picks, &str_ends, &str_backend, &str_key,
+                                          &str_live};
 
 typedef struct {
     PyObject_HEAD
-    Schedule *ledger;   /* a LocalLedger whose acquire and release_open are the C ones */
-    PyObject *lock;     /* the scheduler's lock: every ledger call runs under it */
-    PyObject *slots;    /* the scheduler's dict: key -> Slot (replaced by update: retarget) */
-    PyObject *fallback; /* the scheduler's _finish_lease, for a lease's failure */
+    Schedule *ledger;     /* a LocalLedger whose acquire and release_open are the C ones */
+    PyObject *lock_acquire; /* the scheduler's lock's bound methods: every ledger call runs */
+    PyObject *lock_release; /* under that lock */
+    PyObject *slots;      /* the scheduler's dict: key -> Slot (replaced by update: retarget) */
+    PyObject *lease;      /* the Lease class */
+    PyObject *slow_pick;  /* the scheduler's checked paths: (client, exclude) -> Backend, */
+    PyObject *slow_connection; /* (client, exclude) -> Lease, */
+    PyObject *slow_release; /* (backend, failed) -> None, */
+    PyObject *slow_end;   /* and a lease's end that the C path does not take: (slot, failed) */
+    PyObject *end;        /* this object's own end method, bound once: every lease holds it */
+    /* where a Slot's fields are (its type's __slots__ member offsets): read directly */
+    PyTypeObject *slot_type;
+    Py_ssize_t offset[NFIELDS];
 } RequestPath;
 
 static PyTypeObject ScheduleType;
 
 static int
-lock_call(PyObject *lock, PyObject *name)
+lock_call(PyObject *method)
 {
-    PyObject *res = PyObject_VectorcallMethod(name, &lock, 1, NULL);
+    PyObject *res = PyObject_Vectorcall(method, NULL, 0, NULL);
     if (res == NULL) {
         return -1;
     }
@@ -1011,11 +1091,54 @@ lock_call(PyObject *lock, PyObject *name)
     return 0;
 }
 
+/* Learn where a Slot type keeps the fields read here: each a plain __slots__ member, else
+ * slot_type stays NULL and every read goes through getattr */
+static void
+learn_layout(RequestPath *self, PyTypeObject *type)
+{
+    Py_CLEAR(self->slot_type);
+    for (int i = 0; i < NFIELDS; i++) {
+        /* the class attribute: a member descriptor for a __slots__ field */
+        PyObject *descr = PyObject_GetAttr((PyObject *)type, *field_names[i]);
+        if (descr == NULL) {
+            PyErr_Clear(); /* the getattr on the slot will say what is wrong */
+            return;
+        }
+        int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type);
+        PyMemberDef *member = plain ? ((PyMemberDescrObject *)descr)->d_member : NULL;
+        Py_DECREF(descr); /* the type holds it */
+        if (member == NULL || member->type != T_OBJECT_EX) {
+            return;
+        }
+        self->offset[i] = member->offset;
+    }
+    Py_INCREF(type);
+    self->slot_type = type;
+}
+
+/* slot.<field>: a new reference, or NULL with an error */
+static PyObject *
+slot_field(RequestPath *self, PyObject *slot, int field)
+{
+    if (Py_TYPE(slot) != self->slot_type) {
+        learn_layout(self, Py_TYPE(slot));
+        if (self->slot_type == NULL) {
+            return PyObject_GetAttr(slot, *field_names[field]);
+        }
+    }
+    PyObject *value = *(PyObject **)((char *)slot + self->offset[field]);
+    if (value == NULL) {
+        PyErr_SetObject(PyExc_AttributeError, *field_names[field]);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
 /* next(slot.<count>): one step of one of the slot's counts (see lbalgo._counter) */
 static int
-step(PyObject *slot, PyObject *count_name)
+step(RequestPath *self, PyObject *slot, int field)
 {
-    PyObject *count = PyObject_GetAttr(slot, count_name);
+    PyObject *count = slot_field(self, slot, field);
     if (count == NULL) {
         return -1;
     }
@@ -1032,15 +1155,40 @@ step(PyObject *slot, PyObject *count_name)
     return 0;
 }
 
+/* release the lock, keeping an error raised under it (try / finally); `failed` passes on */
+static int
+unlock(RequestPath *self, int failed)
+{
+    PyObject *exc_type, *exc, *tb;
+    PyErr_Fetch(&exc_type, &exc, &tb);
+    if (lock_call(self->lock_release)) {
+        Py_XDECREF(exc_type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    PyErr_Restore(exc_type, exc, tb);
+    return failed;
+}
+
+/* 0, or -1 with an error when __init__ has not set the fields up */
+static int
+not_ready(RequestPath *self)
+{
+    if (self->ledger == NULL) {
+        PyErr_SetString(PyExc_TypeError, "RequestPath.__init__ was not called");
+        return -1;
+    }
+    return 0;
+}
+
 /* Under the lock: acquire, find the slot, count its pick. The slot (a new reference),
  * None when no key is eligible, or NULL with an error. */
 static PyObject *
 pick_slot(RequestPath *self)
 {
-    PyObject *lock = self->lock, *slot = NULL, *key;
-    Py_INCREF(lock);
-    if (lock_call(lock, str_acquire)) {
-        Py_DECREF(lock);
+    PyObject *slot = NULL, *key;
+    if (lock_call(self->lock_acquire)) {
         return NULL;
     }
     key = acquire(self->ledger, NULL);
@@ -1056,53 +1204,143 @@ pick_slot(RequestPath *self)
         }
         else {
             Py_INCREF(slot);
-            if (step(slot, str_picks)) {
+            if (step(self, slot, PICKS)) {
                 Py_CLEAR(slot);
             }
         }
         Py_DECREF(key);
     }
-    /* released also after an error, which it keeps (try / finally) */
-    PyObject *exc_type, *exc, *tb;
-    PyErr_Fetch(&exc_type, &exc, &tb);
-    if (lock_call(lock, str_release)) {
-        Py_XDECREF(exc_type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
-        Py_XDECREF(slot);
-        slot = NULL;
+    if (unlock(self, 0)) {
+        Py_CLEAR(slot);
     }
-    else {
-        PyErr_Restore(exc_type, exc, tb);
-    }
-    Py_DECREF(lock);
     return slot;
 }
 
-PyDoc_STRVAR(pick_slot_doc,
-"pick_slot($self, /)\n--\n\n"
-"Under the lock: acquire a key, count a pick on its slot; the slot, or None.");
-
-static PyObject *
-RequestPath_pick_slot(RequestPath *self, PyObject *unused)
+/* the arguments (client=None, *, exclude=()) of pick and connection, borrowed; 0 or -1 */
+static int
+pick_args(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+          PyObject **client, PyObject **exclude)
 {
-    return pick_slot(self);
+    *client = Py_None;
+    *exclude = NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 positional argument (%zd given)",
+                     name, nargs);
+        return -1;
+    }
+    if (nargs) {
+        *client = args[0];
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        if (!nargs && (kw == str_client || PyUnicode_Compare(kw, str_client) == 0)) {
+            *client = args[nargs + i];
+        }
+        else if (kw == str_exclude || PyUnicode_Compare(kw, str_exclude) == 0) {
+            *exclude = args[nargs + i];
+        }
+        else {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
+                             name, kw);
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* the scheduler's checked path for a pick or a connection: slow(client, exclude) */
+static PyObject *
+slow_call(PyObject *slow, PyObject *client, PyObject *exclude)
+{
+    PyObject *call[2] = {client, exclude};
+    if (exclude == NULL) {
+        call[1] = PyTuple_New(0); /* the empty tuple, a singleton */
+        if (call[1] == NULL) {
+            return NULL;
+        }
+        PyObject *res = PyObject_Vectorcall(slow, call, 2, NULL);
+        Py_DECREF(call[1]);
+        return res;
+    }
+    return PyObject_Vectorcall(slow, call, 2, NULL);
+}
+
+/* the slot for a fast pick, or NULL: *done then says whether that is an error */
+static PyObject *
+fast_slot(RequestPath *self, PyObject *exclude, int *error)
+{
+    *error = 0;
+    if (exclude != NULL) {
+        int some = PyObject_IsTrue(exclude);
+        if (some) {
+            *error = some < 0;
+            return NULL;
+        }
+    }
+    PyObject *slot = pick_slot(self);
+    if (slot == NULL) {
+        *error = 1;
+        return NULL;
+    }
+    if (slot == Py_None) { /* nothing eligible: the checked path says why */
+        Py_DECREF(slot);
+        return NULL;
+    }
+    return slot;
 }
 
 PyDoc_STRVAR(pick_doc,
-"pick($self, /)\n--\n\n"
-"pick_slot(), returning the slot's backend (or None).");
+"pick($self, /, client=None, *, exclude=())\n--\n\n"
+"WeightedLeastConnections.pick: under the lock, acquire a key in the ledger and count a\n"
+"pick on its slot (the checked path with an exclude set, or when nothing is eligible).");
 
 static PyObject *
-RequestPath_pick(RequestPath *self, PyObject *unused)
+RequestPath_pick(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
 {
-    PyObject *slot = pick_slot(self);
-    if (slot == NULL || slot == Py_None) {
-        return slot;
+    PyObject *client, *exclude, *slot;
+    int error;
+    if (not_ready(self) || pick_args("pick", args, nargs, kwnames, &client, &exclude)) {
+        return NULL;
     }
-    PyObject *backend = PyObject_GetAttr(slot, str_backend);
+    slot = fast_slot(self, exclude, &error);
+    if (slot == NULL) {
+        return error ? NULL : slow_call(self->slow_pick, client, exclude);
+    }
+    PyObject *backend = slot_field(self, slot, BACKEND);
     Py_DECREF(slot);
     return backend;
+}
+
+PyDoc_STRVAR(connection_doc,
+"connection($self, /, client=None, *, exclude=())\n--\n\n"
+"WeightedLeastConnections.connection: pick as pick() does and return a Lease whose end is\n"
+"this object's end().");
+
+static PyObject *
+RequestPath_connection(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames)
+{
+    PyObject *client, *exclude, *slot;
+    int error;
+    if (not_ready(self) || pick_args("connection", args, nargs, kwnames, &client, &exclude)) {
+        return NULL;
+    }
+    slot = fast_slot(self, exclude, &error);
+    if (slot == NULL) {
+        return error ? NULL : slow_call(self->slow_connection, client, exclude);
+    }
+    PyObject *lease = NULL, *backend = slot_field(self, slot, BACKEND);
+    if (backend != NULL) {
+        PyObject *call[3] = {backend, slot, self->end};
+        lease = PyObject_Vectorcall(self->lease, call, 3, NULL);
+        Py_DECREF(backend);
+    }
+    Py_DECREF(slot);
+    return lease;
 }
 
 /* Under the lock: release one connection of `slot` in the ledger and count its end there
@@ -1110,93 +1348,108 @@ RequestPath_pick(RequestPath *self, PyObject *unused)
 static int
 end_slot(RequestPath *self, PyObject *slot)
 {
-    PyObject *lock = self->lock, *live, *key;
-    int failed = -1, open;
-    Py_INCREF(lock);
+    PyObject *live, *key;
+    int open;
     Py_INCREF(slot);
-    if (lock_call(lock, str_acquire)) {
-        Py_DECREF(lock);
+    if (lock_call(self->lock_acquire)) {
         Py_DECREF(slot);
         return -1;
     }
-    if ((live = PyObject_GetAttr(slot, str_live)) != NULL) {
-        open = PyObject_IsTrue(live);
-        Py_DECREF(live);
-        if (open > 0 && (key = PyObject_GetAttr(slot, str_key)) != NULL) {
-            open = release_open(self->ledger, key);
-            Py_DECREF(key);
-            if (open > 0) {
-                open = step(slot, str_ends) ? -1 : 1;
-            }
+    live = slot_field(self, slot, LIVE);
+    open = live == NULL ? -1 : PyObject_IsTrue(live);
+    Py_XDECREF(live);
+    if (open > 0) {
+        key = slot_field(self, slot, KEY);
+        open = key == NULL ? -1 : release_open(self->ledger, key);
+        Py_XDECREF(key);
+        if (open > 0) {
+            open = step(self, slot, ENDS);
         }
-        else if (open > 0) {
-            open = -1;
-        }
-        failed = open < 0 ? -1 : 0;
     }
-    PyObject *exc_type, *exc, *tb;
-    PyErr_Fetch(&exc_type, &exc, &tb);
-    if (lock_call(lock, str_release)) {
-        Py_XDECREF(exc_type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
-        failed = -1;
-    }
-    else {
-        PyErr_Restore(exc_type, exc, tb);
-    }
-    Py_DECREF(lock);
+    open = unlock(self, open < 0 ? -1 : 0);
     Py_DECREF(slot);
-    return failed;
+    return open;
 }
 
 PyDoc_STRVAR(release_path_doc,
-"release($self, backend, /)\n--\n\n"
-"WeightedLeastConnections.release's fast path: True if done, False if backend is not the\n"
-"very Backend a pick of this group returned (the caller then takes the checked path).");
+"release($self, backend, /, *, failed=False)\n--\n\n"
+"WeightedLeastConnections.release: the very Backend a pick of this group returned is\n"
+"released in the ledger under the lock; anything else takes the checked path.");
 
 static PyObject *
-RequestPath_release(RequestPath *self, PyObject *backend)
+RequestPath_release(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
 {
-    /* the Backend a pick returned, by its key (see BaseScheduler.release) */
-    PyObject *key = PyObject_GetAttr(backend, str_key), *slot = NULL, *mine;
-    if (key != NULL) {
-        slot = PyDict_GetItemWithError(self->slots, key);
-        Py_DECREF(key);
+    PyObject *backend = NULL, *failed = Py_False;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (not_ready(self)) {
+        return NULL;
     }
-    if (slot == NULL) {
-        /* not a Backend, or not in the group: the checked path says which */
-        if (PyErr_Occurred()) {
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "release() takes 1 positional argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (nargs) {
+        backend = args[0];
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        if (kw == str_failed || PyUnicode_Compare(kw, str_failed) == 0) {
+            failed = args[nargs + i];
+        }
+        else if (!nargs && PyUnicode_Compare(kw, str_backend) == 0) {
+            backend = args[nargs + i];
+        }
+        else {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_TypeError,
+                             "release() got an unexpected keyword argument '%S'", kw);
+            }
+            return NULL;
+        }
+    }
+    if (backend == NULL) {
+        PyErr_SetString(PyExc_TypeError, "release() missing required argument 'backend'");
+        return NULL;
+    }
+    if (failed == Py_False) {
+        /* the Backend a pick returned, by its key (see BaseScheduler.release) */
+        PyObject *key = PyObject_GetAttr(backend, str_key), *slot = NULL;
+        if (key != NULL) {
+            slot = PyDict_GetItemWithError(self->slots, key);
+            Py_DECREF(key);
+        }
+        if (slot == NULL && PyErr_Occurred()) {
+            /* not a Backend: the checked path says what it is */
             if (!PyErr_ExceptionMatches(PyExc_Exception)) {
                 return NULL;
             }
             PyErr_Clear();
         }
-        Py_RETURN_FALSE;
+        if (slot != NULL) {
+            Py_INCREF(slot);
+            PyObject *mine = slot_field(self, slot, BACKEND);
+            int same = mine == backend;
+            Py_XDECREF(mine); /* only its identity is compared */
+            if (mine == NULL || (same && end_slot(self, slot))) {
+                Py_DECREF(slot);
+                return NULL;
+            }
+            Py_DECREF(slot);
+            if (same) {
+                Py_RETURN_NONE;
+            }
+        }
     }
-    Py_INCREF(slot);
-    mine = PyObject_GetAttr(slot, str_backend);
-    if (mine == NULL) {
-        Py_DECREF(slot);
-        return NULL;
-    }
-    Py_DECREF(mine); /* only its identity is compared */
-    if (mine != backend) {
-        Py_DECREF(slot);
-        Py_RETURN_FALSE;
-    }
-    int failed = end_slot(self, slot);
-    Py_DECREF(slot);
-    if (failed) {
-        return NULL;
-    }
-    Py_RETURN_TRUE;
+    PyObject *call[2] = {backend, failed};
+    return PyObject_Vectorcall(self->slow_release, call, 2, NULL);
 }
 
 PyDoc_STRVAR(end_doc,
 "end($self, slot, failed, /)\n--\n\n"
 "A lease's end (see lbalgo.Lease): a release in the ledger, or a failure handed to the\n"
-"scheduler's _finish_lease.");
+"scheduler's checked path.");
 
 static PyObject *
 RequestPath_end(RequestPath *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1205,8 +1458,11 @@ RequestPath_end(RequestPath *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "end() takes 2 arguments (%zd given)", nargs);
         return NULL;
     }
+    if (not_ready(self)) {
+        return NULL;
+    }
     if (args[1] != Py_False) {
-        return PyObject_Vectorcall(self->fallback, args, 2, NULL);
+        return PyObject_Vectorcall(self->slow_end, args, 2, NULL);
     }
     if (end_slot(self, args[0])) {
         return NULL;
@@ -1226,35 +1482,54 @@ RequestPath_retarget(RequestPath *self, PyObject *slots)
         return NULL;
     }
     Py_INCREF(slots);
-    Py_SETREF(self->slots, slots);
+    Py_XSETREF(self->slots, slots);
     Py_RETURN_NONE;
 }
+
+static int RequestPath_clear(RequestPath *self);
 
 static int
 RequestPath_init(RequestPath *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *ledger, *lock, *slots, *fallback;
-    static char *names[] = {"ledger", "lock", "slots", "fallback", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!O:RequestPath", names, &ScheduleType,
-                                     &ledger, &lock, &PyDict_Type, &slots, &fallback)) {
+    PyObject *ledger, *lock, *slots, *lease, *slow_pick, *slow_connection, *slow_release;
+    PyObject *slow_end;
+    static char *names[] = {"ledger", "lock", "slots", "lease", "slow_pick", "slow_connection",
+                            "slow_release", "slow_end", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!OOOOO:RequestPath", names,
+                                     &ScheduleType, &ledger, &lock, &PyDict_Type, &slots, &lease,
+                                     &slow_pick, &slow_connection, &slow_release, &slow_end)) {
         return -1;
     }
     if (!PyDict_CheckExact(slots)) {
         PyErr_Format(PyExc_TypeError, "slots must be a dict, got %R", slots);
         return -1;
     }
-    if (!PyCallable_Check(fallback)) {
-        PyErr_Format(PyExc_TypeError, "fallback must be callable, got %R", fallback);
+    PyObject *callables[] = {lease, slow_pick, slow_connection, slow_release, slow_end};
+    for (size_t i = 0; i < sizeof(callables) / sizeof(callables[0]); i++) {
+        if (!PyCallable_Check(callables[i])) {
+            PyErr_Format(PyExc_TypeError, "RequestPath needs callables, got %R", callables[i]);
+            return -1;
+        }
+    }
+    PyObject *lock_acquire = PyObject_GetAttr(lock, str_acquire);
+    PyObject *lock_release = lock_acquire ? PyObject_GetAttr(lock, str_release) : NULL;
+    PyObject *end = lock_release ? PyObject_GetAttrString((PyObject *)self, "end") : NULL;
+    if (end == NULL) {
+        Py_XDECREF(lock_acquire);
+        Py_XDECREF(lock_release);
         return -1;
     }
-    Py_INCREF(ledger);
-    Py_XSETREF(self->ledger, (Schedule *)ledger);
-    Py_INCREF(lock);
-    Py_XSETREF(self->lock, lock);
-    Py_INCREF(slots);
-    Py_XSETREF(self->slots, slots);
-    Py_INCREF(fallback);
-    Py_XSETREF(self->fallback, fallback);
+    RequestPath_clear(self);
+    self->ledger = (Schedule *)Py_NewRef(ledger);
+    self->lock_acquire = lock_acquire;
+    self->lock_release = lock_release;
+    self->slots = Py_NewRef(slots);
+    self->lease = Py_NewRef(lease);
+    self->slow_pick = Py_NewRef(slow_pick);
+    self->slow_connection = Py_NewRef(slow_connection);
+    self->slow_release = Py_NewRef(slow_release);
+    self->slow_end = Py_NewRef(slow_end);
+    self->end = end;
     return 0;
 }
 
@@ -1262,9 +1537,16 @@ static int
 RequestPath_traverse(RequestPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ledger);
-    Py_VISIT(self->lock);
+    Py_VISIT(self->lock_acquire);
+    Py_VISIT(self->lock_release);
     Py_VISIT(self->slots);
-    Py_VISIT(self->fallback);
+    Py_VISIT(self->lease);
+    Py_VISIT(self->slow_pick);
+    Py_VISIT(self->slow_connection);
+    Py_VISIT(self->slow_release);
+    Py_VISIT(self->slow_end);
+    Py_VISIT(self->end);
+    Py_VISIT(self->slot_type);
     return 0;
 }
 
@@ -1272,9 +1554,16 @@ static int
 RequestPath_clear(RequestPath *self)
 {
     Py_CLEAR(self->ledger);
-    Py_CLEAR(self->lock);
+    Py_CLEAR(self->lock_acquire);
+    Py_CLEAR(self->lock_release);
     Py_CLEAR(self->slots);
-    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->lease);
+    Py_CLEAR(self->slow_pick);
+    Py_CLEAR(self->slow_connection);
+    Py_CLEAR(self->slow_release);
+    Py_CLEAR(self->slow_end);
+    Py_CLEAR(self->end);
+    Py_CLEAR(self->slot_type);
     return 0;
 }
 
@@ -1286,10 +1575,20 @@ RequestPath_dealloc(RequestPath *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* every method needs the fields init sets */
+static PyObject *
+RequestPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    return type->tp_alloc(type, 0);
+}
+
 static PyMethodDef RequestPath_methods[] = {
-    {"pick", (PyCFunction)RequestPath_pick, METH_NOARGS, pick_doc},
-    {"pick_slot", (PyCFunction)RequestPath_pick_slot, METH_NOARGS, pick_slot_doc},
-    {"release", (PyCFunction)RequestPath_release, METH_O, release_path_doc},
+    {"pick", (PyCFunction)(void (*)(void))RequestPath_pick, METH_FASTCALL | METH_KEYWORDS,
+     pick_doc},
+    {"connection", (PyCFunction)(void (*)(void))RequestPath_connection,
+     METH_FASTCALL | METH_KEYWORDS, connection_doc},
+    {"release", (PyCFunction)(void (*)(void))RequestPath_release, METH_FASTCALL | METH_KEYWORDS,
+     release_path_doc},
     {"end", (PyCFunction)(void (*)(void))RequestPath_end, METH_FASTCALL, end_doc},
     {"retarget", (PyCFunction)RequestPath_retarget, METH_O, retarget_doc},
     {NULL},
@@ -1298,12 +1597,13 @@ static PyMethodDef RequestPath_methods[] = {
 static PyTypeObject RequestPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "lbalgo._wf2q_c.RequestPath",
-    .tp_doc = PyDoc_STR("RequestPath(ledger, lock, slots, fallback): the pick, release and "
-                        "lease end of a WeightedLeastConnections on a LocalLedger, in C."),
+    .tp_doc = PyDoc_STR("RequestPath(ledger, lock, slots, lease, slow_pick, slow_connection, "
+                        "slow_release, slow_end): the pick, release and lease end of a "
+                        "WeightedLeastConnections on a LocalLedger, in C."),
     .tp_basicsize = sizeof(RequestPath),
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = RequestPath_new,
     .tp_init = (initproc)RequestPath_init,
     .tp_traverse = (traverseproc)RequestPath_traverse,
     .tp_clear = (inquiry)RequestPath_clear,
@@ -1459,9 +1759,10 @@ PyInit__wf2q_c(void)
             && !(str_excluding = PyUnicode_InternFromString("_acquire_excluding")))) {
         return NULL;
     }
-    const char *names[] = {"acquire", "release", "picks", "ends", "backend", "key", "live"};
+    const char *names[] = {"acquire", "release", "picks", "ends", "backend", "key", "live",
+                           "client", "exclude", "failed"};
     PyObject **interned[] = {&str_acquire, &str_release, &str_picks, &str_ends, &str_backend,
-                             &str_key, &str_live};
+                             &str_key, &str_live, &str_client, &str_exclude, &str_failed};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*interned[i] == NULL && !(*interned[i] = PyUnicode_InternFromString(names[i]))) {
             return NULL;

@@ -159,12 +159,37 @@ class WeightedLeastConnections(BaseScheduler):
             if type(ledger) in (LocalLedger, PurePythonLedger, NginxLeastConnLedger):
                 self._local = ledger
         if self._local is not None and type(ledger) is LocalLedger and ACCELERATED:
-            # pick, release and a lease's end in one C call each, on the ledger's C acquire
-            # and release_open, under the same lock (lbalgo._wf2q_c.RequestPath)
-            accelerator = compiled("_wf2q_c")
-            assert accelerator is not None  # ACCELERATED says it is built and in use
-            self._path = accelerator.RequestPath(ledger, self._lock, self._slots, self._end_lease)
-            self._path_end = self._path.end  # bound once: every lease holds it
+            self._accelerate()
+
+    def _accelerate(self) -> None:
+        """Serve pick, release and connection by one C call each (lbalgo._wf2q_c's
+        RequestPath): the same steps as the methods below on the ledger's C acquire and
+        release_open, under the same lock, handing everything else (an exclude set, nothing
+        eligible, a failure, a value that is not a Backend of the group) to the checked
+        paths. Bound on the instance: a Python method in between would cost a frame."""
+        accelerator = compiled("_wf2q_c")
+        assert accelerator is not None  # ACCELERATED: built, and not turned off
+        path = accelerator.RequestPath(
+            self._ledger,
+            self._lock,
+            self._slots,
+            Lease,
+            self._pick_checked,
+            self._connection_checked,
+            self._release_checked_path,
+            self._end_lease,
+        )
+        self._path = path
+        vars(self).update(pick=path.pick, release=path.release, connection=path.connection)
+
+    def _pick_checked(self, client: Client, exclude: Exclude) -> Backend:
+        return self._pick_slot(client, exclude).backend
+
+    def _connection_checked(self, client: Client, exclude: Exclude) -> Lease:
+        return super().connection(client, exclude=exclude)
+
+    def _release_checked_path(self, backend: Backend, failed: bool) -> None:
+        super().release(backend, failed=failed)
 
     @property
     def ledger(self) -> ConnectionLedger:
@@ -174,12 +199,6 @@ class WeightedLeastConnections(BaseScheduler):
     def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
         """Choose the backend for one new connection: the lowest ``open / weight``,
         O(log n) under one short lock."""
-        path = self._path
-        if path is not None and not exclude:
-            backend: Backend | None = path.pick()
-            if backend is None:
-                raise self._no_backend(())
-            return backend
         local = self._local
         if local is None or exclude:
             return self._pick_slot(client, exclude).backend
@@ -200,12 +219,6 @@ class WeightedLeastConnections(BaseScheduler):
     def connection(self, client: Client = None, *, exclude: Exclude = ()) -> Lease:
         """Pick now and return a :class:`~lbalgo.Lease`; its exit is :meth:`release`'s
         path, O(log n) under one short lock."""
-        path = self._path
-        if path is not None and not exclude:
-            slot: Slot | None = path.pick_slot()
-            if slot is None:
-                raise self._no_backend(())
-            return Lease(slot.backend, slot, self._path_end)
         local = self._local
         if local is None or exclude:
             return super().connection(client, exclude=exclude)
@@ -224,10 +237,6 @@ class WeightedLeastConnections(BaseScheduler):
     def release(self, backend: Backend, *, failed: bool = False) -> None:
         """One connection on ``backend`` ended (see :meth:`BaseScheduler.release`),
         O(log n) under one short lock."""
-        path = self._path
-        # the C path takes the very Backend a pick returned, else answers False
-        if path is not None and failed is False and path.release(backend):
-            return
         local = self._local
         try:  # the Backend a pick returned, by its key (see BaseScheduler.release)
             slot = self._slots[backend.key]
