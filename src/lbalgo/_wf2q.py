@@ -31,7 +31,7 @@ ACCELERATED = _compiled is not None
 """Whether :class:`~lbalgo.LocalLedger` runs its acquire and release in C (``lbalgo._wf2q_c``
 built and ``LBALGO_PURE_PYTHON`` not set)."""
 
-if TYPE_CHECKING or _compiled is None:
+if TYPE_CHECKING or _compiled is None:  # noqa: SIM108 -- mypy must see the plain base
     _Fields = object
 else:
     _Fields = _compiled.Schedule

@@ -13,6 +13,7 @@ import time
 import weakref
 from typing import Any
 
+from lbalgo._accel import compiled
 from lbalgo._base import BaseScheduler
 from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo._slot import Slot
@@ -20,7 +21,6 @@ from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidOptionError, InvalidTypeError
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
-from lbalgo._accel import compiled
 from lbalgo.local_ledger import ACCELERATED, LocalLedger, PurePythonLedger
 from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
@@ -154,10 +154,10 @@ class WeightedLeastConnections(BaseScheduler):
         # The fast path below serves the common configuration: no clock-driven feature and
         # the local ledger, whose count for a key is exactly this scheduler's open count.
         self._local: LocalLedger | NginxLeastConnLedger | None = None
-        if not self._timed and isinstance(ledger, (LocalLedger, NginxLeastConnLedger)):
-            # exact types only: a subclass may count differently
-            if type(ledger) in (LocalLedger, PurePythonLedger, NginxLeastConnLedger):
-                self._local = ledger
+        local = (LocalLedger, PurePythonLedger, NginxLeastConnLedger)
+        # exact types only: a subclass may count differently
+        if not self._timed and isinstance(ledger, local) and type(ledger) in local:
+            self._local = ledger
         if self._local is not None and type(ledger) is LocalLedger and ACCELERATED:
             self._accelerate()
 
