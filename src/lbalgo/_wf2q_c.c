@@ -169,6 +169,21 @@ int_cmp(PyObject *a, PyObject *b)
 #endif
 }
 
+/* bool(x) (1, 0, or -1 with an error), without a call for an exact int */
+static inline int
+truth(PyObject *x)
+{
+    if (PyLong_CheckExact(x)) {
+#if PY_VERSION_HEX < 0x030C0000
+        return Py_SIZE(x) != 0;
+#else
+        int overflow;
+        return PyLong_AsLongLongAndOverflow(x, &overflow) != 0 || overflow;
+#endif
+    }
+    return PyObject_IsTrue(x);
+}
+
 static inline int
 verdict(int c, int op)
 {
@@ -478,7 +493,7 @@ flush_at(Schedule *self, Py_ssize_t pos, PyObject *s, PyObject *count, PyObject 
             goto done_u;
         }
     }
-    else if ((busy = PyObject_IsTrue(count)) < 0) {
+    else if ((busy = truth(count)) < 0) {
         goto done_u;
     }
     else if (busy) {
@@ -544,7 +559,7 @@ requeue(Schedule *self, Py_ssize_t pos)
             goto done_items;
         }
     }
-    else if ((nonzero = PyObject_IsTrue(count)) < 0) {
+    else if ((nonzero = truth(count)) < 0) {
         goto done_items;
     }
     else if (nonzero) { /* busy stays busy; its wakeup entry stays current */
@@ -719,7 +734,7 @@ advance(Schedule *self, Py_ssize_t pos, PyObject *vt)
     if (!(nvt = PyNumber_Add(vt, self->step))) {
         goto done;
     }
-    if ((c = PyObject_IsTrue(self->frac)) < 0) {
+    if ((c = truth(self->frac)) < 0) {
         goto done;
     }
     if (c) { /* V's step is not whole (the total changed since M was chosen) */
@@ -798,7 +813,7 @@ acquire(Schedule *self, PyObject *exclude)
         if (!(s = item(start, pos)) || !(count = item(load, pos))) {
             goto done;
         }
-        int later = compare(s, vt, Py_GT), some = PyObject_IsTrue(count);
+        int later = compare(s, vt, Py_GT), some = truth(count);
         if (later < 0 || some < 0) {
             goto done;
         }
@@ -842,9 +857,10 @@ acquire(Schedule *self, PyObject *exclude)
     c = 0;
     if (PyList_GET_SIZE(ready)) {
         PyObject *ratio = entry_item(PyList_GET_ITEM(ready, 0), 0);
-        if (ratio == NULL || (c = PyObject_Not(ratio)) < 0) {
+        if (ratio == NULL || (c = truth(ratio)) < 0) {
             goto done;
         }
+        c = !c; /* no connection on the ready top */
     }
     if (c) { /* the common case under load: a ready key with no connection */
         if (!(first = heap_pop(ready))) {
@@ -1006,7 +1022,7 @@ release_open(Schedule *self, PyObject *key)
         || !(state = list_field(self->state, "_state")) || !(count = item(load, pos))) {
         return -1;
     }
-    int some = PyObject_IsTrue(count);
+    int some = truth(count);
     if (some <= 0) {
         return some;
     }
