@@ -746,10 +746,10 @@ advance(Schedule *self, Py_ssize_t pos, PyObject *vt)
             goto done;
         }
         if ((c = compare(rem, total, Py_GE)) > 0) {
-            PyObject *less = PyNumber_Subtract(rem, total);
-            Py_SETREF(rem, less);
-            PyObject *more = PyNumber_Add(nvt, state_obj[1]);
-            Py_SETREF(nvt, more);
+            Py_SETREF(rem, PyNumber_Subtract(rem, total));
+            if (rem != NULL) {
+                Py_SETREF(nvt, PyNumber_Add(nvt, state_obj[1]));
+            }
         }
         if (c < 0 || rem == NULL || nvt == NULL) {
             Py_XDECREF(rem);
@@ -1096,10 +1096,37 @@ typedef struct {
 
 static PyTypeObject ScheduleType;
 
+static PyObject *empty_tuple;
+
+/* method() for a bound method of the lock: its C function called directly when it is one
+ * (a C lock's acquire and release are: no call machinery in between), else a call */
 static int
 lock_call(PyObject *method)
 {
-    PyObject *res = PyObject_Vectorcall(method, NULL, 0, NULL);
+    PyObject *res;
+    if (PyCFunction_Check(method)) {
+        PyCFunction f = PyCFunction_GET_FUNCTION(method);
+        PyObject *self = PyCFunction_GET_SELF(method);
+        switch (PyCFunction_GET_FLAGS(method) & ~METH_COEXIST) {
+        case METH_NOARGS:
+            res = f(self, NULL);
+            break;
+        case METH_VARARGS:
+            res = f(self, empty_tuple);
+            break;
+        case METH_VARARGS | METH_KEYWORDS:
+            res = ((PyCFunctionWithKeywords)(void (*)(void))f)(self, empty_tuple, NULL);
+            break;
+        default:
+            res = PyObject_Vectorcall(method, NULL, 0, NULL);
+        }
+        if (res == NULL && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_SystemError, "the lock's method failed without an error");
+        }
+    }
+    else {
+        res = PyObject_Vectorcall(method, NULL, 0, NULL);
+    }
     if (res == NULL) {
         return -1;
     }
@@ -1175,6 +1202,9 @@ step(RequestPath *self, PyObject *slot, int field)
 static int
 unlock(RequestPath *self, int failed)
 {
+    if (!PyErr_Occurred()) {
+        return lock_call(self->lock_release) ? -1 : failed;
+    }
     PyObject *exc_type, *exc, *tb;
     PyErr_Fetch(&exc_type, &exc, &tb);
     if (lock_call(self->lock_release)) {
@@ -1783,6 +1813,9 @@ PyInit__wf2q_c(void)
         if (*interned[i] == NULL && !(*interned[i] = PyUnicode_InternFromString(names[i]))) {
             return NULL;
         }
+    }
+    if (empty_tuple == NULL && !(empty_tuple = PyTuple_New(0))) {
+        return NULL;
     }
     if (PyType_Ready(&ScheduleType) < 0 || PyType_Ready(&RequestPathType) < 0) {
         return NULL;
