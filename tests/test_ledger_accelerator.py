@@ -251,8 +251,17 @@ def test_the_c_request_path_takes_arguments_as_the_methods_do() -> None:
                 one.release(bad, failed=failed)  # type: ignore[arg-type]
             errors.append(str(error.value))
         assert errors[0] == errors[1]
+    for bad_exclude in (5, [1], "10.0.0.1:80", object()):
+        for method in ("pick", "connection"):
+            errors = []
+            for one in (sched, pure):
+                with pytest.raises(InvalidTypeError) as error:
+                    getattr(one, method)(exclude=bad_exclude)
+                errors.append(str(error.value))
+            assert errors[0] == errors[1], (method, bad_exclude)
     sched.release(Backend("10.0.0.9", 80))  # not in the group: ignored, as documented
     assert sched.stats() == before
+    sched._check()
 
 
 def test_no_backend_through_the_c_path_says_why() -> None:
