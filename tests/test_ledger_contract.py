@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbalgo import ConnectionLedger, LocalLedger
+from lbalgo.local_ledger import PurePythonLedger
 from lbalgo.testing import check_internals
 from redis_server import redis_server  # noqa: F401 -- the fixture, reached by getfixturevalue
 
 MakeLedger = Callable[[], ConnectionLedger]
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "local-python", "redis"])
 def make_ledger(request: pytest.FixtureRequest) -> Iterator[MakeLedger]:
     """Build fresh ledgers of one kind; Redis ones on the module's real server, each in its
     own namespace, all closed at the end."""
@@ -28,7 +29,12 @@ def make_ledger(request: pytest.FixtureRequest) -> Iterator[MakeLedger]:
     if request.param == "local":
 
         def make() -> ConnectionLedger:
-            return LocalLedger()
+            return LocalLedger()  # acquire and release in C where lbalgo._wf2q_c is built
+
+    elif request.param == "local-python":
+
+        def make() -> ConnectionLedger:
+            return PurePythonLedger()
 
     else:
         server = request.getfixturevalue("redis_server")

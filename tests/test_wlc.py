@@ -42,6 +42,7 @@ from lbalgo import (
     StickySessions,
     WeightedLeastConnections,
 )
+from lbalgo.local_ledger import PurePythonLedger
 from lbalgo.scheduler import RAMP_STEPS
 from lbalgo.testing import (
     FractionLedger,
@@ -271,8 +272,18 @@ class TimedWlcMachine(WlcMachine):
         self.clock.now += seconds
 
 
+class PurePythonWlcMachine(WlcMachine):
+    """The same on the pure-Python ledger: the path taken where lbalgo._wf2q_c is not built
+    (WlcMachine takes the C path where it is)."""
+
+    def make(self, group: BackendGroup) -> WeightedLeastConnections:
+        return WeightedLeastConnections(group, ledger=PurePythonLedger())
+
+
 TestWlcStateful = WlcMachine.TestCase
 TestWlcStateful.settings = settings(max_examples=150, stateful_step_count=60)
+TestPurePythonWlcStateful = PurePythonWlcMachine.TestCase
+TestPurePythonWlcStateful.settings = settings(max_examples=60, stateful_step_count=60)
 TestTimedWlcStateful = TimedWlcMachine.TestCase
 TestTimedWlcStateful.settings = settings(max_examples=100, stateful_step_count=60)
 

@@ -12,44 +12,63 @@ from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
 from heapq import heapify, heappop, heappush
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BUSY", "IDLE", "OUT", "PENDING", "READY", "WF2QSchedule"]
+from lbalgo._accel import compiled
+
+__all__ = ["ACCELERATED", "BUSY", "IDLE", "OUT", "PENDING", "READY", "WF2QSchedule"]
 
 MIN_HEAP_LIMIT = 64
 # where a key's current entry is (see _advance); OUT: not eligible now, in no heap
 READY, IDLE, BUSY, PENDING, OUT = range(5)
 
 
-class WF2QSchedule:
+# The state lives in the C type's fields when lbalgo._wf2q_c is built (the same names, seen
+# from Python exactly as __slots__ would be): its acquire and release_open then run on the
+# very same lists, heaps and ints as every pure-Python method here (see LocalLedger).
+_compiled = compiled("_wf2q_c")
+ACCELERATED = _compiled is not None
+"""Whether :class:`~lbalgo.LocalLedger` runs its acquire and release in C (``lbalgo._wf2q_c``
+built and ``LBALGO_PURE_PYTHON`` not set)."""
+
+if TYPE_CHECKING or _compiled is None:  # noqa: SIM108 -- mypy must see the plain base
+    _Fields = object
+else:
+    _Fields = _compiled.Schedule
+
+_SLOTS = (
+    "_busy_heap",
+    "_busy_wakeups",
+    "_cap",
+    "_draining",
+    "_frac",
+    "_idle_heap",
+    "_index",
+    "_keys",
+    "_limit",
+    "_load",
+    "_pending",
+    "_pushes",
+    "_ready_heap",
+    "_rem",
+    "_scale",
+    "_stamp",
+    "_start",
+    "_state",
+    "_step",
+    "_total",
+    "_unit",
+    "_vt",
+    "_weight",
+)
+
+
+class WF2QSchedule(_Fields):
     """The state and heap mechanics of a WF2Q least-connections schedule (see the module
     docstring); :class:`~lbalgo.LocalLedger` adds the ledger interface on top."""
 
-    __slots__ = (
-        "_busy_heap",
-        "_busy_wakeups",
-        "_cap",
-        "_draining",
-        "_frac",
-        "_idle_heap",
-        "_index",
-        "_keys",
-        "_limit",
-        "_load",
-        "_pending",
-        "_pushes",
-        "_ready_heap",
-        "_rem",
-        "_scale",
-        "_stamp",
-        "_start",
-        "_state",
-        "_step",
-        "_total",
-        "_unit",
-        "_vt",
-        "_weight",
-    )
+    # the C type has the fields already
+    __slots__ = _SLOTS if _Fields is object else ()
 
     def __init__(self) -> None:
         self._draining: dict[str, int] = {}  # counts (> 0) of known keys that are not eligible

@@ -9,10 +9,11 @@ from collections.abc import Set as AbstractSet
 from heapq import heappop, heappush, heappushpop
 
 from lbalgo._validate import integer, shown
-from lbalgo._wf2q import IDLE, OUT, PENDING, WF2QSchedule
+from lbalgo._wf2q import ACCELERATED, IDLE, OUT, PENDING, WF2QSchedule
 from lbalgo.ledger import MAX_FINE_WEIGHT, checked_eligible
 
-__all__ = ["LocalLedger"]
+__all__ = ["ACCELERATED", "LocalLedger", "PurePythonLedger"]
+
 
 class LocalLedger(WF2QSchedule):
     """The in-process ledger: exact least connections with a smooth tie-break, O(log n).
@@ -333,3 +334,29 @@ class LocalLedger(WF2QSchedule):
             ]
         )
         return f"<LocalLedger eligible [{eligible}] draining [{draining}]>"
+
+
+class PurePythonLedger(LocalLedger):
+    """A :class:`~lbalgo.LocalLedger` that runs the pure-Python code of every operation,
+    whether or not the C accelerator is built: the reference that the differential tests and
+    the benchmarks run side by side with the accelerated ledger. Same state, same answers,
+    same complexity.
+
+    >>> ledger = PurePythonLedger()
+    >>> ledger.set_eligible([("a", 3), ("b", 1)])
+    >>> [ledger.acquire() for _ in range(4)]
+    ['a', 'b', 'a', 'a']
+    """
+
+    __slots__ = ()
+
+    acquire = LocalLedger.acquire
+    release = LocalLedger.release
+    release_open = LocalLedger.release_open
+
+
+if ACCELERATED:
+    # The two operations of every request run in C (lbalgo._wf2q_c), on the same fields and
+    # with the same answers as the Python methods above, which PurePythonLedger keeps.
+    for _name in ("acquire", "release", "release_open"):
+        setattr(LocalLedger, _name, getattr(WF2QSchedule.__mro__[1], _name))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from typing import Any
 
+from lbalgo._accel import compiled
 from lbalgo._base import BaseScheduler
 from lbalgo._nginx_least_conn import NginxLeastConnLedger
 from lbalgo._slot import Slot
@@ -19,7 +21,7 @@ from lbalgo._validate import shown
 from lbalgo.backend import Backend, BackendGroup
 from lbalgo.errors import InvalidOptionError, InvalidTypeError
 from lbalgo.ledger import ConnectionLedger, IncrementalLedger
-from lbalgo.local_ledger import LocalLedger
+from lbalgo.local_ledger import ACCELERATED, LocalLedger, PurePythonLedger
 from lbalgo.scheduler import Client, Clock, Exclude, Lease
 
 __all__ = ["WeightedLeastConnections"]
@@ -123,6 +125,7 @@ class WeightedLeastConnections(BaseScheduler):
         # a ledger that changes one key's weight in O(log n) hears of each change alone
         self._incremental = ledger if isinstance(ledger, IncrementalLedger) else None
         self._known: frozenset[str] = frozenset()  # keys the ledger has heard of
+        self._path: Any = None  # the C request path, set up below where it applies
         if given:
             # checked before the base's first rebuild hands the ledger this group
             with _owners_lock:
@@ -151,9 +154,42 @@ class WeightedLeastConnections(BaseScheduler):
         # The fast path below serves the common configuration: no clock-driven feature and
         # the local ledger, whose count for a key is exactly this scheduler's open count.
         self._local: LocalLedger | NginxLeastConnLedger | None = None
-        if not self._timed and isinstance(ledger, (LocalLedger, NginxLeastConnLedger)):
-            # exact types only: a subclass may count differently
-            self._local = ledger if type(ledger) in (LocalLedger, NginxLeastConnLedger) else None
+        local = (LocalLedger, PurePythonLedger, NginxLeastConnLedger)
+        # exact types only: a subclass may count differently
+        if not self._timed and isinstance(ledger, local) and type(ledger) in local:
+            self._local = ledger
+        if self._local is not None and type(ledger) is LocalLedger and ACCELERATED:
+            self._accelerate()
+
+    def _accelerate(self) -> None:
+        """Serve pick, release and connection by one C call each (lbalgo._wf2q_c's
+        RequestPath): the same steps as the methods below on the ledger's C acquire and
+        release_open, under the same lock, handing everything else (an exclude set, nothing
+        eligible, a failure, a value that is not a Backend of the group) to the checked
+        paths. Bound on the instance: a Python method in between would cost a frame."""
+        accelerator = compiled("_wf2q_c")
+        assert accelerator is not None  # ACCELERATED: built, and not turned off
+        path = accelerator.RequestPath(
+            self._ledger,
+            self._lock,
+            self._slots,
+            Lease,
+            self._pick_checked,
+            self._connection_checked,
+            self._release_checked_path,
+            self._end_lease,
+        )
+        self._path = path
+        vars(self).update(pick=path.pick, release=path.release, connection=path.connection)
+
+    def _pick_checked(self, client: Client, exclude: Exclude) -> Backend:
+        return self._pick_slot(client, exclude).backend
+
+    def _connection_checked(self, client: Client, exclude: Exclude) -> Lease:
+        return super().connection(client, exclude=exclude)
+
+    def _release_checked_path(self, backend: Backend, failed: bool) -> None:
+        super().release(backend, failed=failed)
 
     @property
     def ledger(self) -> ConnectionLedger:
@@ -269,6 +305,8 @@ class WeightedLeastConnections(BaseScheduler):
             if weight:
                 eligible.append((slot.key, weight))
         self._ledger.set_eligible(eligible)
+        if self._path is not None:  # an update replaced the slots dict
+            self._path.retarget(self._slots)
         keys = self._slots.keys()
         gone = [key for key in self._known if key not in keys]
         if gone:
