@@ -43,7 +43,7 @@ from lbalgo import (
     WeightedLeastConnections,
 )
 from lbalgo.local_ledger import PurePythonLedger
-from lbalgo.scheduler import RAMP_STEPS
+from lbalgo.scheduler import RAMP_STEPS, Client, Exclude
 from lbalgo.testing import (
     FractionLedger,
     check_internals,
@@ -1009,3 +1009,21 @@ def test_a_health_flap_touches_one_key_not_the_ledger() -> None:
     assert ledger.calls == Counter({"set_weight": 2})
     ledger._check()
     assert key in {sched.pick().key for _ in range(group.total_weight)}
+
+
+def test_a_subclass_keeps_its_own_request_methods() -> None:
+    # the C request path is bound on the instance only where the class's own methods are
+    # WeightedLeastConnections's: an override is never bypassed
+    seen: list[object] = []
+
+    class Counting(WeightedLeastConnections):
+        def pick(self, client: Client = None, *, exclude: Exclude = ()) -> Backend:
+            seen.append(client)
+            return super().pick(client, exclude=exclude)
+
+    sched = Counting(BackendGroup([Backend("10.0.0.1", 80)]))
+    backend = sched.pick("192.0.2.1")
+    sched.release(backend)
+    assert (backend.key, seen) == ("10.0.0.1:80", ["192.0.2.1"])
+    assert "pick" not in vars(sched)
+    assert sched.open_connections("10.0.0.1:80") == 0

@@ -1084,9 +1084,9 @@ typedef struct {
     PyObject *lock_release; /* under that lock */
     PyObject *slots;      /* the scheduler's dict: key -> Slot (replaced by update: retarget) */
     PyObject *lease;      /* the Lease class */
-    PyObject *slow_pick;  /* the scheduler's checked paths: (client, exclude) -> Backend, */
-    PyObject *slow_connection; /* (client, exclude) -> Lease, */
-    PyObject *slow_release; /* (backend, failed) -> None, */
+    PyObject *slow_pick;  /* the pure-Python methods, bound: called with the call's own */
+    PyObject *slow_connection; /* arguments for every case the C path does not serve (bad */
+    PyObject *slow_release; /* arguments, exclude, nothing eligible, failed, a stranger), */
     PyObject *slow_end;   /* and a lease's end that the C path does not take: (slot, failed) */
     PyObject *end;        /* this object's own end method, bound once: every lease holds it */
     /* where a Slot's fields are (its type's __slots__ member offsets): read directly */
@@ -1297,23 +1297,6 @@ pick_args(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     return 0;
 }
 
-/* the scheduler's checked path for a pick or a connection: slow(client, exclude) */
-static PyObject *
-slow_call(PyObject *slow, PyObject *client, PyObject *exclude)
-{
-    PyObject *call[2] = {client, exclude};
-    if (exclude == NULL) {
-        call[1] = PyTuple_New(0); /* the empty tuple, a singleton */
-        if (call[1] == NULL) {
-            return NULL;
-        }
-        PyObject *res = PyObject_Vectorcall(slow, call, 2, NULL);
-        Py_DECREF(call[1]);
-        return res;
-    }
-    return PyObject_Vectorcall(slow, call, 2, NULL);
-}
-
 /* the slot for a fast pick, or NULL: *done then says whether that is an error */
 static PyObject *
 fast_slot(RequestPath *self, PyObject *exclude, int *error)
@@ -1349,12 +1332,17 @@ RequestPath_pick(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
 {
     PyObject *client, *exclude, *slot;
     int error;
-    if (not_ready(self) || pick_args("pick", args, nargs, kwnames, &client, &exclude)) {
+    if (not_ready(self)) {
         return NULL;
+    }
+    if (pick_args("pick", args, nargs, kwnames, &client, &exclude)) {
+        /* a call the pure method refuses: it raises its own error, message included */
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->slow_pick, args, nargs, kwnames);
     }
     slot = fast_slot(self, exclude, &error);
     if (slot == NULL) {
-        return error ? NULL : slow_call(self->slow_pick, client, exclude);
+        return error ? NULL : PyObject_Vectorcall(self->slow_pick, args, nargs, kwnames);
     }
     PyObject *backend = slot_field(self, slot, BACKEND);
     Py_DECREF(slot);
@@ -1372,12 +1360,17 @@ RequestPath_connection(RequestPath *self, PyObject *const *args, Py_ssize_t narg
 {
     PyObject *client, *exclude, *slot;
     int error;
-    if (not_ready(self) || pick_args("connection", args, nargs, kwnames, &client, &exclude)) {
+    if (not_ready(self)) {
         return NULL;
+    }
+    if (pick_args("connection", args, nargs, kwnames, &client, &exclude)) {
+        /* a call the pure method refuses: it raises its own error, message included */
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->slow_connection, args, nargs, kwnames);
     }
     slot = fast_slot(self, exclude, &error);
     if (slot == NULL) {
-        return error ? NULL : slow_call(self->slow_connection, client, exclude);
+        return error ? NULL : PyObject_Vectorcall(self->slow_connection, args, nargs, kwnames);
     }
     PyObject *lease = NULL, *backend = slot_field(self, slot, BACKEND);
     if (backend != NULL) {
@@ -1432,9 +1425,7 @@ RequestPath_release(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "release() takes 1 positional argument (%zd given)",
-                     nargs);
-        return NULL;
+        goto pure; /* the pure method raises its own error */
     }
     if (nargs) {
         backend = args[0];
@@ -1448,16 +1439,12 @@ RequestPath_release(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
             backend = args[nargs + i];
         }
         else {
-            if (!PyErr_Occurred()) {
-                PyErr_Format(PyExc_TypeError,
-                             "release() got an unexpected keyword argument '%S'", kw);
-            }
-            return NULL;
+            PyErr_Clear(); /* an unexpected keyword: the pure method says so */
+            goto pure;
         }
     }
     if (backend == NULL) {
-        PyErr_SetString(PyExc_TypeError, "release() missing required argument 'backend'");
-        return NULL;
+        goto pure;
     }
     if (failed == Py_False) {
         /* the Backend a pick returned, by its key (see BaseScheduler.release) */
@@ -1488,8 +1475,8 @@ RequestPath_release(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
             }
         }
     }
-    PyObject *call[2] = {backend, failed};
-    return PyObject_Vectorcall(self->slow_release, call, 2, NULL);
+pure:
+    return PyObject_Vectorcall(self->slow_release, args, nargs, kwnames);
 }
 
 PyDoc_STRVAR(end_doc,

@@ -158,15 +158,25 @@ class WeightedLeastConnections(BaseScheduler):
         # exact types only: a subclass may count differently
         if not self._timed and isinstance(ledger, local) and type(ledger) in local:
             self._local = ledger
-        if self._local is not None and type(ledger) is LocalLedger and ACCELERATED:
+        if (
+            self._local is not None
+            and type(ledger) is LocalLedger
+            and ACCELERATED
+            # a subclass's own pick, release or connection must not be bypassed
+            and all(
+                getattr(type(self), name) is getattr(WeightedLeastConnections, name)
+                for name in ("pick", "release", "connection")
+            )
+        ):
             self._accelerate()
 
     def _accelerate(self) -> None:
         """Serve pick, release and connection by one C call each (lbalgo._wf2q_c's
         RequestPath): the same steps as the methods below on the ledger's C acquire and
-        release_open, under the same lock, handing everything else (an exclude set, nothing
-        eligible, a failure, a value that is not a Backend of the group) to the checked
-        paths. Bound on the instance: a Python method in between would cost a frame."""
+        release_open, under the same lock, handing everything else (bad arguments, an exclude
+        set, nothing eligible, a failure, a value that is not a Backend of the group) to the
+        methods below, called with the call's own arguments (so errors and messages are
+        theirs). Bound on the instance: a Python method in between would cost a frame."""
         accelerator = compiled("_wf2q_c")
         assert accelerator is not None  # ACCELERATED: built, and not turned off
         path = accelerator.RequestPath(
@@ -174,22 +184,14 @@ class WeightedLeastConnections(BaseScheduler):
             self._lock,
             self._slots,
             Lease,
-            self._pick_checked,
-            self._connection_checked,
-            self._release_checked_path,
+            # the pure-Python methods of the class, bound (the instance's names are the C ones)
+            WeightedLeastConnections.pick.__get__(self),
+            WeightedLeastConnections.connection.__get__(self),
+            WeightedLeastConnections.release.__get__(self),
             self._end_lease,
         )
         self._path = path
         vars(self).update(pick=path.pick, release=path.release, connection=path.connection)
-
-    def _pick_checked(self, client: Client, exclude: Exclude) -> Backend:
-        return self._pick_slot(client, exclude).backend
-
-    def _connection_checked(self, client: Client, exclude: Exclude) -> Lease:
-        return super().connection(client, exclude=exclude)
-
-    def _release_checked_path(self, backend: Backend, failed: bool) -> None:
-        super().release(backend, failed=failed)
 
     @property
     def ledger(self) -> ConnectionLedger:
