@@ -130,7 +130,7 @@ class RendezvousTable:
         if numpy_in_use():
             from lbalgo import _table_numpy
             table.owner, table.runner, table.tail, table.prefix = _table_numpy.build(
-                members, lengths, size
+                members, lengths, size, theta
             )
             return table
         exps = exponentials(max(lengths), size)

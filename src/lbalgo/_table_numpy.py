@@ -2,26 +2,31 @@
 :mod:`lbalgo._table` makes, bit for bit, in a few vector operations per member instead of a
 Python step per cell.
 
-Exactness is what placement needs (every process, with or without numpy, must agree), so:
+Exactness is what placement needs (every process, with or without numpy, must agree), yet
+Python's ``math.log1p``, one call per value, is what the scores are defined with, and numpy's
+own log1p may differ from it in the last bits (SVML on AVX-512 CPUs, or another libm). So:
 
-- ``E(k) = -log1p(-(k + 1/2) / T)`` is taken from Python's ``math.log1p`` (numpy's own log1p may
-  dispatch to SVML on AVX-512 CPUs, whose last bits differ); numpy only forms its argument
-  with the same IEEE operations as Python (``k + 0.5`` is exact, one correctly rounded
-  division). The first ranks' values are kept with the table (``prefix``, shared by copies),
-  so that updates look up instead of recomputing;
-- numpy does the integer cell arithmetic (int64: (T - 1)^2 < 2^63), the division by the weight
-  (IEEE, as Python's), the comparisons and the scatters. A member's walk cells are distinct,
-  so a fancy assignment per member is exact; members go in key order with strict ``<``,
-  which is the table's tie rule (the lower key wins an equal score), and ``argmin`` keeps the
-  first of equal scores, in key order too.
+- the kernels compare *approximate* scores, ``-numpy.log1p(-(k + 1/2) / T) / weight``, whose
+  relative error is far below ``_ERROR`` (any libm's log1p is within a few ulps: 1e-15), and
+  settle every comparison the approximations cannot (two scores within the error of each
+  other, equal scores included) with the exact ``math.log1p`` values. Those are a handful of
+  cells (two equal weights at the same rank, say), so exact values cost almost nothing;
+- a build walks every member at once in packed integer keys: the score's float bits (which
+  order as the floats do) with the member id in the low bits, so one ``numpy.minimum.at``
+  per member keeps each cell's lowest key and another the second lowest. Then every cell
+  where some key came within the approximation's margin of its two lowest is scored again
+  exactly, and so is the tail (the cells no walk reached);
+- the approximate exponentials of the first ranks are kept with the table (``prefix``,
+  shared by copies), so that updates look them up instead of computing them;
+- numpy does the integer cell arithmetic (int64: (T - 1)^2 < 2^63), the comparisons and the
+  scatters. A member's walk cells are distinct, so a fancy assignment per member is exact.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,16 +38,28 @@ from lbalgo._permutation import exponentials as plain_exponentials
 if TYPE_CHECKING:
     from lbalgo._table import RendezvousTable
 
-__all__ = ["add", "build", "check_prefix", "exponentials", "remove"]
+__all__ = ["add", "approximations", "build", "check_prefix", "exponentials", "remove"]
 
 Vector = npt.NDArray[Any]
 
 _log1p = math.log1p
-_CHUNK = 1 << 20  # scores scored at once by top_two: 8 MiB of floats
-_GRID = 16  # the rank step of the exponentials that bound a score from below and above
-# bounds widened by far more than any libm's log1p error (an ulp or two: 2e-16), so that they
-# hold even where log1p is not exactly monotonic
-_SLACK = 1e-9
+_CHUNK = 1 << 20  # scores scored at once by _top_two: 8 MiB of floats
+# The bound on the relative error of an approximate score: numpy's log1p is within a few
+# ulps of any correctly working libm's (2^-52 each), the division adds half an ulp; 2^-36
+# leaves a factor of thousands. Bounds widen by twice that, covering their own rounding.
+_ERROR = 2.0**-36
+_LOW = 1 - 2 * _ERROR
+_HIGH = 1 + 2 * _ERROR
+_KEY_BITS_32 = 10  # up to 2^10 members, the build's keys are 32-bit (float32 score bits)
+
+
+def approximations(ranks: Vector, size: int) -> Vector:
+    """``E(k)`` for every rank within a relative ``_ERROR``, by numpy's log1p."""
+    # the argument as Python forms it (k + 0.5 is exact, one rounded division), in place
+    values: Vector = np.add(ranks, 0.5, dtype=np.float64)
+    values /= -size
+    np.log1p(values, out=values)
+    return np.negative(values, out=values)
 
 
 def exponentials(ranks: Vector, size: int) -> Vector:
@@ -53,47 +70,74 @@ def exponentials(ranks: Vector, size: int) -> Vector:
 
 
 def check_prefix(prefix: object, size: int) -> None:
-    """Assert that kept exponentials are exactly ``E(0 .. len - 1)`` (for ``_check``)."""
+    """Assert that kept exponentials approximate ``E(0 .. len - 1)`` within ``_ERROR``."""
     if isinstance(prefix, np.ndarray):
-        assert prefix.tolist() == plain_exponentials(len(prefix), size)
+        exact = np.array(plain_exponentials(len(prefix), size))
+        assert (np.abs(prefix - exact) <= _ERROR * exact).all()
 
 
 def build(
-    members: Sequence[Member], lengths: Sequence[int], size: int
+    members: Sequence[Member], lengths: Sequence[int], size: int, theta: float
 ) -> tuple[array[int], array[int], bytearray, Vector]:
     """(owner, runner-up, tail flags, kept exponentials) of a fresh table whose members (in
-    key order, ids 0..n-1) walk ``lengths`` ranks each: as ``RendezvousTable.build``."""
-    prefix = exponentials(np.arange(max(lengths), dtype=np.int64), size)
-    best = np.full(size, np.inf)
-    second = np.full(size, np.inf)
-    owner = np.full(size, NONE, np.uint16)
-    runner = np.full(size, NONE, np.uint16)
-    for ident, member in enumerate(members):
-        count = lengths[ident]
-        cells = _walk(member, count, size)
-        scores = prefix[:count] / member.weight
-        if not ident:  # the first member takes every cell it walks
-            best[cells] = scores
-            owner[cells] = ident
-            continue
-        held = best[cells]
-        # index lists rather than masks: each is used several times, and is shorter
-        wins = np.flatnonzero(scores < held)
-        taken = cells[wins]
-        second[taken] = held[wins]
-        runner[taken] = owner[taken]
-        best[taken] = scores[wins]
-        owner[taken] = ident
-        lost = np.flatnonzero(scores >= held)
-        cells, scores = cells[lost], scores[lost]
-        below = np.flatnonzero(scores < second[cells])
-        placed = cells[below]
-        second[placed] = scores[below]
-        runner[placed] = ident
+    key order, ids 0..n-1) walk ``lengths`` ranks each up to ``theta``: as
+    ``RendezvousTable.build``."""
+    prefix = approximations(np.arange(max(lengths), dtype=np.int64), size)
+    bits = max(1, len(members).bit_length())  # the id bits' all-ones pattern is no id
+    # a key is the approximate score's bits with the id in the low ``bits``: keys order as
+    # scores do except where two scores lie within ``margin`` keys of each other (the
+    # approximation's error, the float32 roundings and the id bits: a generous bound)
+    if bits <= _KEY_BITS_32:
+        key_type, margin = np.uint32, (4 << bits) + 64
+        scores = prefix.astype(np.float32)
+    else:
+        key_type, margin = np.uint64, (4 << bits) + (1 << 21)
+        scores = prefix
+    empty = key_type(np.iinfo(key_type).max)  # no score's bits: the sign bit is never set
+    high = key_type(empty ^ ((1 << bits) - 1))
+    # each member's walk and keys are made again for each pass, in the same two buffers:
+    # cheaper than keeping them all (fresh memory costs a page fault every 4 KiB)
+    cell_buffer = np.empty(len(prefix), np.int64)
+    key_buffer = np.empty(len(prefix), key_type)
+
+    def walks() -> Iterator[tuple[Vector, Vector]]:
+        for ident, member in enumerate(members):
+            count = lengths[ident]
+            keys = key_buffer[:count]
+            np.divide(scores[:count], scores.dtype.type(member.weight), out=keys.view(scores.dtype))
+            keys &= high
+            keys |= key_type(ident)
+            yield _walk(member, count, size, cell_buffer[:count]), keys
+
+    best = np.full(size, empty, key_type)
+    for cells, keys in walks():
+        np.minimum.at(best, cells, keys)
+    second = np.full(size, empty, key_type)
+    for cells, keys in walks():
+        # the lowest is out of the race: all ones (no key) where the key is the cell's best
+        keys |= (keys == np.take(best, cells)).view(np.uint8) * empty
+        np.minimum.at(second, cells, keys)
+    # cells whose two lowest keys, or the second and any other, are within the margin: the
+    # keys may not order them as the exact scores do
+    close = (second - best <= margin) & (second != empty)
+    for cells, keys in walks():
+        held = np.take(second, cells)
+        near = np.flatnonzero((keys > held) & (keys - held <= margin))
+        close[cells[near]] = True
+    ids = np.full(1 << bits, NONE, np.uint16)  # the ids by their key bits, empty: NONE
+    ids[: len(members)] = np.arange(len(members))
+    ident_bits = key_type((1 << bits) - 1)
+    owner = ids[best & ident_bits]
+    runner = ids[second & ident_bits]
+    tail = best == empty
     del best, second
-    tail = owner == NONE
+    ranked = list(enumerate(members))
+    cells = np.flatnonzero(close)
+    first, runner_up, _, within = _top_two(ranked, cells, size, theta)
+    owner[cells] = first
+    runner[cells] = np.where(within, runner_up, NONE)
     cells = np.flatnonzero(tail)
-    first, runner_up, _, _ = _top_two(list(enumerate(members)), cells, size, prefix, False)
+    first, runner_up, _, _ = _top_two(ranked, cells, size)
     owner[cells] = first
     runner[cells] = runner_up
     return array("H", owner.tobytes()), array("H", runner.tobytes()), bytearray(tail), prefix
@@ -108,18 +152,21 @@ def add(table: RendezvousTable, ident: int) -> None:
     owner, runner, tail = _views(table)
     scoring = _Scoring(table)
     count = member.walk_length(theta, size)
-    scoring.prefix_for(count)
+    prefix = scoring.prefix_for(count)
     cells = _walk(member, count, size)
-    mine = np.arange(count, dtype=np.int64)  # its ranks there
     held = owner[cells].astype(np.intp)
-    takes = scoring.before(ident, mine, held, cells)
+    in_tail = tail[cells] != 0
+    # in the tail the owner scores above theta and the newcomer at most: it takes the cell
+    outside = np.flatnonzero(~in_tail)
+    takes = in_tail.copy()
+    takes[outside] = scoring.before(ident, outside, held[outside], cells[outside], prefix)
     taken = cells[takes]
     # the old owner is now second; out of the tail it must score <= theta, so in it: unknown
-    runner[taken] = np.where(tail[taken] != 0, NONE, held[takes])
+    runner[taken] = np.where(in_tail[takes], NONE, held[takes])
     tail[taken] = 0
     owner[taken] = ident
-    lost = ~takes
-    scoring.displace_runner(ident, mine[lost], cells[lost], runner)
+    lost = np.flatnonzero(~takes)
+    scoring.displace_runner(ident, lost, cells[lost], runner, prefix)
     cells = np.flatnonzero(tail)
     mine = scoring.ranks(np.full(len(cells), ident, np.intp), cells)
     beyond = scoring.above(ident, mine, theta)  # below, the walk has seen it
@@ -141,32 +188,45 @@ def remove(table: RendezvousTable, member: Member, ident: int) -> None:
     # a walk up to theta never meets a tail cell (there every member scores above it)
     walked = _walk(member, member.walk_length(theta, size), size)
     cells = np.concatenate([walked, np.flatnonzero(tail)])
-    own = owner[cells] == ident
-    runner[cells[~own & (runner[cells] == ident)]] = NONE
-    cells = cells[own]
+    held = owner[cells]
+    runner[cells[(runner[cells] == ident) & (held != ident)]] = NONE
+    cells = cells[held == ident]
     second = runner[cells]
     known = second != NONE
     owner[cells[known]] = second[known]
     runner[cells[known]] = NONE
     cells = cells[~known]
-    scoring = _Scoring(table)
     ranked = sorted((m.key, i) for i, m in enumerate(table.members) if m is not None)
-    members = [(i, scoring.members[i]) for _key, i in ranked]
-    first, second, first_score, second_score = _top_two(members, cells, size, scoring.prefix)
+    members = [(i, table.members[i]) for _key, i in ranked]
+    first, second, over, within = _top_two(members, cells, size, theta)
     owner[cells] = first
-    over = first_score > theta
     tail[cells] = over
-    runner[cells] = np.where(over | (second_score <= theta), second, NONE)
+    runner[cells] = np.where(over | within, second, NONE)
 
 
 # -- internals ---------------------------------------------------------------------------------
 
 
-def _walk(member: Member, count: int, size: int) -> Vector:
-    """The member's cells of ranks 0 .. count - 1."""
+def _walk(member: Member, count: int, size: int, cells: Vector | None = None) -> Vector:
+    """The member's cells of ranks 0 .. count - 1 (in ``cells`` if given: int64, that long):
+    offset + k * skip mod T, the first 4,096 by a division each, then each block from the
+    one before by one addition, doubling: cheaper than a division per cell."""
     start, skip = member.offset, member.skip
-    cells = np.arange(start, start + count * skip, skip, dtype=np.int64)
-    np.remainder(cells, size, out=cells)
+    if cells is None:
+        cells = np.empty(count, np.int64)
+    filled = min(count, 4096)
+    np.remainder(
+        np.arange(start, start + filled * skip, skip, dtype=np.int64), size, out=cells[:filled]
+    )
+    unsigned = cells.view(np.uint64)
+    while filled < count:
+        step = min(filled, count - filled)
+        block = unsigned[filled : filled + step]
+        # (cell + shift) mod T for cell, shift < T: x = cell + shift - T, plus T if negative;
+        # as unsigned, a negative x is above x + T, a non-negative one below it
+        np.add(unsigned[:step], np.uint64((filled * skip % size - size) % 2**64), out=block)
+        np.minimum(block, block + np.uint64(size), out=block)
+        filled += step
     return cells
 
 
@@ -179,97 +239,87 @@ def _views(table: RendezvousTable) -> tuple[Vector, Vector, Vector]:
     )
 
 
-def _exponentials_at(ranks: Vector, prefix: Vector, size: int) -> Vector:
-    """``E`` at any ranks: looked up where the kept prefix has them, else computed."""
-    inside = ranks < len(prefix)
-    if inside.all():
-        return prefix[ranks]
-    values = np.empty(len(ranks))
-    values[inside] = prefix[ranks[inside]]
-    outside = ~inside
-    values[outside] = exponentials(ranks[outside], size)
-    return values
-
-
 def _top_two(
     members: Sequence[tuple[int, Member | None]],
     cells: Vector,
     size: int,
-    prefix: Vector,
-    scored: bool = True,
+    theta: float | None = None,
 ) -> tuple[Vector, Vector, Vector, Vector]:
-    """Ids and scores of the lowest and second lowest score at each of ``cells`` among
-    ``members`` ((id, member) in key order; NONE and inf where there is no second). Not
-    ``scored``: the ids are exact, the scores only order them."""
-    present = [(i, m) for i, m in members if m is not None]
-    ids = np.array([i for i, _ in present], np.uint16)
-    offsets = np.array([[m.offset] for _, m in present], np.int64)
-    inverses = np.array([[m.inverse] for _, m in present], np.int64)
-    weights = np.array([[m.weight] for _, m in present], np.float64)
-    first = np.full(len(cells), NONE, np.uint16)
-    second = np.full(len(cells), NONE, np.uint16)
-    first_score = np.full(len(cells), np.inf)
-    second_score = np.full(len(cells), np.inf)
-    step = max(1, _CHUNK // max(1, len(present)))
-    for start in range(0, len(cells), step):
-        chunk = cells[start : start + step]
-        ranks = (chunk - offsets) * inverses % size
-        if len(present) > 2:
-            scores = _screened_scores(ranks, weights, size, prefix, scored)
-        else:
-            scores = _exponentials_at(ranks.ravel(), prefix, size).reshape(ranks.shape) / weights
-        columns = np.arange(len(chunk))
-        lowest = scores.argmin(axis=0)  # the first of equal scores: the lower key
-        first[start : start + step] = ids[lowest]
-        first_score[start : start + step] = scores[lowest, columns]
-        if len(present) > 1:
-            scores[lowest, columns] = np.inf
-            lowest = scores.argmin(axis=0)
-            second[start : start + step] = ids[lowest]
-            second_score[start : start + step] = scores[lowest, columns]
-    return first, second, first_score, second_score
+    """Exact ids of the lowest and second lowest score at each of ``cells`` among
+    ``members`` ((id, member) in key order; NONE where there is no second) and, given
+    ``theta``, whether the lowest scores above it and the second at most (else empty)."""
+    present = [m for _, m in members if m is not None]
+    ids = np.array([i for i, m in members if m is not None] + [NONE], np.uint16)
+    # one row per member, and a last one standing for "no member" (it never scores)
+    offsets = np.array([m.offset for m in present] + [0], np.int64)
+    inverses = np.array([m.inverse for m in present] + [0], np.int64)
+    weights = np.array([m.weight for m in present] + [1], np.float64)
+    count, rows = len(cells), len(present)
+    first = np.full(count, rows, np.intp)
+    second = np.full(count, rows, np.intp)
+    step = max(1, _CHUNK // max(1, rows))
+    for start in range(0, count, step):
+        chunk = cells[start : start + step, None]
+        # a row per cell, a column per member: each cell's scores are contiguous
+        ranks = (chunk - offsets[:rows]) * inverses[:rows] % size
+        scores = approximations(ranks, size)
+        scores /= weights[:rows]
+        lines = np.arange(len(chunk))
+        lowest = []  # columns and approximate scores of the three lowest
+        for _ in range(min(3, rows)):
+            column = scores.argmin(axis=1)
+            lowest.append((column, scores[lines, column]))
+            scores[lines, column] = np.inf
+        # the order of the two lowest, and which they are, hold for the exact scores unless
+        # two of the three lowest lie within the approximation's error of each other
+        close = np.zeros(len(chunk), bool)
+        for (_, low), (_, high) in zip(lowest, lowest[1:]):
+            close |= low * _HIGH >= high * _LOW
+        first[start : start + step] = lowest[0][0]
+        if rows > 1:
+            second[start : start + step] = lowest[1][0]
+        unsure = np.flatnonzero(close)
+        if len(unsure):
+            exact = np.stack([_exact(m, chunk[unsure, 0], size) for m in present])
+            column = exact.argmin(axis=0)  # the first of equal scores: the lower key
+            first[start + unsure] = column
+            exact[column, np.arange(len(unsure))] = np.inf
+            second[start + unsure] = exact.argmin(axis=0)
+    if theta is None:
+        nothing = np.empty(0, bool)
+        return ids[first], ids[second], nothing, nothing
+    params = offsets, inverses, weights
+    over = _above(params, first, cells, size, theta, present)
+    within = ~_above(params, second, cells, size, theta, present)
+    return ids[first], ids[second], over, within
 
 
-def _screened_scores(
-    ranks: Vector, weights: Vector, size: int, prefix: Vector, scored: bool
+def _above(
+    params: tuple[Vector, Vector, Vector],
+    rows: Vector,
+    cells: Vector,
+    size: int,
+    theta: float,
+    present: Sequence[Member],
 ) -> Vector:
-    """Members' scores (rows) at cells (columns), exact wherever a score may be one of its
-    cell's two lowest and infinite elsewhere: bounds from ``E`` at every ``_GRID``-th rank
-    (``E`` grows with the rank) rule out most members of a cell before any log1p. Not
-    ``scored``: where the bounds alone settle a cell's two lowest and their order, lower
-    bounds stand in for their scores."""
-    grid = _grid(size)
-    low = grid[ranks // _GRID] / weights * (1 - _SLACK)
-    high = grid[-(-ranks // _GRID)] / weights * (1 + _SLACK)
-    # a score can be among the two lowest only if its lower bound is at most the second
-    # lowest upper bound
-    maybe = low <= np.partition(high, 1, axis=0)[1]
-    scores = np.full(ranks.shape, np.inf)
-    if not scored:
-        # two candidates whose bounds do not overlap: they are the two lowest, in that order
-        columns = np.arange(ranks.shape[1])
-        candidates = np.where(maybe, low, np.inf)
-        one = candidates.argmin(axis=0)
-        one_high = high[one, columns]
-        candidates[one, columns] = np.inf
-        two = candidates.argmin(axis=0)
-        two_low = low[two, columns]
-        settled = np.flatnonzero((maybe.sum(axis=0) == 2) & (one_high < two_low))
-        maybe[:, settled] = False
-        scores[one[settled], settled] = low[one[settled], settled]
-        scores[two[settled], settled] = two_low[settled]
-    scores[maybe] = (
-        _exponentials_at(ranks[maybe], prefix, size) / np.broadcast_to(weights, ranks.shape)[maybe]
-    )
+    """Whether the member of each row (``params``: offsets, inverses, weights by row) scores
+    above ``theta`` at its cell (True for the row past the members): exact, log1p only
+    where the bound is unsure."""
+    offsets, inverses, weights = params
+    ranks = (cells - offsets[rows]) * inverses[rows] % size
+    scores = approximations(ranks, size) / weights[rows]
+    scores[rows == len(present)] = np.inf
+    over: Vector = scores * _LOW > theta
+    for j in np.flatnonzero(~over & (scores * _HIGH > theta)).tolist():
+        over[j] = _exact(present[rows[j]], cells[j : j + 1], size)[0] > theta
+    return over
+
+
+def _exact(member: Member, cells: Vector, size: int) -> Vector:
+    """The member's exact scores at ``cells`` (math.log1p): for the few unsure ones."""
+    ranks = (cells - member.offset) * member.inverse % size
+    scores: Vector = exponentials(ranks, size) / member.weight
     return scores
-
-
-@functools.lru_cache(maxsize=4)
-def _grid(size: int) -> Vector:
-    """``E`` at the ranks 0, G, 2G, ... (the last rank where a multiple passes it): 24,577
-    values (192 KiB) for the real table, kept for the process (four sizes at most)."""
-    ranks = np.minimum(np.arange(0, size - 1 + 2 * _GRID, _GRID, dtype=np.int64), size - 1)
-    return exponentials(ranks, size)
 
 
 class _Scoring:
@@ -297,7 +347,7 @@ class _Scoring:
         of the table share the old one)."""
         prefix = self.prefix
         if len(prefix) < count:
-            more = exponentials(np.arange(len(prefix), count, dtype=np.int64), self.size)
+            more = approximations(np.arange(len(prefix), count, dtype=np.int64), self.size)
             prefix = np.concatenate([prefix, more])
             self.prefix = self.table.prefix = prefix
         return prefix
@@ -307,58 +357,62 @@ class _Scoring:
         ranks: Vector = (cells - self.offsets[ids]) * self.inverses[ids] % self.size
         return ranks
 
-    def before(self, ident: int, mine: Vector, ids: Vector, cells: Vector) -> Vector:
-        """Where member ``ident``, of ranks ``mine`` at ``cells``, ranks before member
-        ``ids`` there: a lower score, or an equal one and the lower key. Exact; log1p only
-        where the bounds of the two scores overlap."""
-        weight = np.full(len(mine), self.weights[ident])
-        theirs, their_weight = self.ranks(ids, cells), self.weights[ids]
-        low, high = self._bounds(mine, weight)
-        their_low, their_high = self._bounds(theirs, their_weight)
-        wins: Vector = high < their_low
-        unsure = np.flatnonzero(~wins & (low <= their_high))
+    def before(
+        self, ident: int, mine: Vector, ids: Vector, cells: Vector, prefix: Vector | None = None
+    ) -> Vector:
+        """Where member ``ident``, of ranks ``mine`` at ``cells`` (or, with ``prefix``,
+        whose scores are ``prefix[mine]``), ranks before member ``ids`` there: a lower
+        score, or an equal one and the lower key. Exact; log1p only where the two scores
+        are within the approximation's error of each other."""
+        weight = self.weights[ident]
+        ours = (self._approximate(mine) if prefix is None else prefix[mine]) / weight
+        theirs = self._approximate(self.ranks(ids, cells)) / self.weights[ids]
+        wins: Vector = ours * _HIGH < theirs * _LOW
+        unsure = np.flatnonzero(~wins & (ours * _LOW <= theirs * _HIGH))
         if len(unsure):
-            ours = self._exact(mine[unsure], weight[unsure])
-            other = self._exact(theirs[unsure], their_weight[unsure])
-            order = self.order
-            tie = (ours == other) & (order[ident] < order[ids[unsure]])
-            wins[unsure] = (ours < other) | tie
+            member = self.members[ident]
+            assert member is not None
+            at, who = cells[unsure], ids[unsure]
+            exact = _exact(member, at, self.size)
+            other = np.array([_exact(self._member(i), at[j : j + 1], self.size)[0]
+                              for j, i in enumerate(who.tolist())])
+            tie = (exact == other) & (self.order[ident] < self.order[who])
+            wins[unsure] = (exact < other) | tie
         return wins
 
     def above(self, ident: int, mine: Vector, theta: float) -> Vector:
         """Where member ``ident``, of ranks ``mine``, scores above ``theta``: exact."""
-        weight = np.full(len(mine), self.weights[ident])
-        low, high = self._bounds(mine, weight)
-        over: Vector = low > theta
-        unsure = np.flatnonzero(~over & (high > theta))
-        over[unsure] = self._exact(mine[unsure], weight[unsure]) > theta
+        weight = self.weights[ident]
+        scores = self._approximate(mine) / weight
+        over: Vector = scores * _LOW > theta
+        unsure = np.flatnonzero(~over & (scores * _HIGH > theta))
+        over[unsure] = exponentials(mine[unsure], self.size) / weight > theta
         return over
 
-    def displace_runner(self, ident: int, mine: Vector, cells: Vector, runner: Vector) -> None:
-        """Member ``ident`` (of ranks ``mine`` at ``cells``, where it does not own) becomes
-        the runner-up of the cells whose known runner-up it beats."""
+    def displace_runner(
+        self, ident: int, mine: Vector, cells: Vector, runner: Vector, prefix: Vector | None = None
+    ) -> None:
+        """Member ``ident`` (of ranks ``mine`` at ``cells``, where it does not own; see
+        :meth:`before` for ``prefix``) becomes the runner-up of the cells whose known
+        runner-up it beats."""
         second = runner[cells]
         known = np.flatnonzero(second != NONE)
         cells = cells[known]
-        better = self.before(ident, mine[known], second[known].astype(np.intp), cells)
+        better = self.before(ident, mine[known], second[known].astype(np.intp), cells, prefix)
         runner[cells[better]] = ident
 
-    def _exact(self, ranks: Vector, weights: Vector) -> Vector:
-        exact: Vector = _exponentials_at(ranks, self.prefix, self.size) / weights
-        return exact
+    def _member(self, ident: int) -> Member:
+        member = self.members[ident]
+        assert member is not None
+        return member
 
-    def _bounds(self, ranks: Vector, weights: Vector) -> tuple[Vector, Vector]:
-        """Scores at most and at least the exact ones: the exact score itself where the
-        kept prefix has its rank, else from ``E`` on the rank grid."""
+    def _approximate(self, ranks: Vector) -> Vector:
+        """Approximate ``E`` at any ranks: looked up where the kept prefix has them."""
         prefix = self.prefix
-        inside = ranks < len(prefix)
-        low = np.empty(len(ranks))
-        high = np.empty(len(ranks))
-        near = np.flatnonzero(inside)
-        low[near] = high[near] = prefix[ranks[near]] / weights[near]
-        far = np.flatnonzero(~inside)
-        ranks, weights = ranks[far], weights[far]
-        grid = _grid(self.size)
-        low[far] = grid[ranks // _GRID] / weights * (1 - _SLACK)
-        high[far] = grid[-(-ranks // _GRID)] / weights * (1 + _SLACK)
-        return low, high
+        if not len(ranks) or ranks.max() < len(prefix):
+            values: Vector = prefix[ranks]
+            return values
+        values = approximations(ranks, self.size)
+        inside = np.flatnonzero(ranks < len(prefix))
+        values[inside] = prefix[ranks[inside]]
+        return values
