@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +51,7 @@ _CHUNK = 1 << 20  # scores scored at once by _top_two: 8 MiB of floats
 _ERROR = 2.0**-36
 _LOW = 1 - 2 * _ERROR
 _HIGH = 1 + 2 * _ERROR
+_NEAR = 5 * _ERROR  # two approximate scores closer than this (relatively) may be misordered
 _KEY_BITS_32 = 10  # up to 2^10 members, the build's keys are 32-bit (float32 score bits)
 
 
@@ -69,11 +71,13 @@ def exponentials(ranks: Vector, size: int) -> Vector:
     return -np.fromiter(map(_log1p, arguments.data), np.float64, len(arguments))
 
 
-def check_prefix(prefix: object, size: int) -> None:
-    """Assert that kept exponentials approximate ``E(0 .. len - 1)`` within ``_ERROR``."""
+def check_prefix(prefix: object, size: int, walks: Sequence[int]) -> None:
+    """Assert that kept exponentials approximate ``E(0 .. len - 1)`` within ``_ERROR`` and
+    cover the members' ``walks`` (their lengths)."""
     if isinstance(prefix, np.ndarray):
         exact = np.array(plain_exponentials(len(prefix), size))
         assert (np.abs(prefix - exact) <= _ERROR * exact).all()
+        assert len(prefix) >= max(walks, default=0)
 
 
 def build(
@@ -87,6 +91,7 @@ def build(
     # a key is the approximate score's bits with the id in the low ``bits``: keys order as
     # scores do except where two scores lie within ``margin`` keys of each other (the
     # approximation's error, the float32 roundings and the id bits: a generous bound)
+    key_type: type[np.unsignedinteger[Any]]
     if bits <= _KEY_BITS_32:
         key_type, margin = np.uint32, (4 << bits) + 64
         scores = prefix.astype(np.float32)
@@ -127,8 +132,8 @@ def build(
     ids = np.full(1 << bits, NONE, np.uint16)  # the ids by their key bits, empty: NONE
     ids[: len(members)] = np.arange(len(members))
     ident_bits = key_type((1 << bits) - 1)
-    owner = ids[best & ident_bits]
-    runner = ids[second & ident_bits]
+    owner = np.take(ids, (best & ident_bits).astype(np.intp))
+    runner = np.take(ids, (second & ident_bits).astype(np.intp))
     tail = best == empty
     del best, second
     ranked = list(enumerate(members))
@@ -154,30 +159,34 @@ def add(table: RendezvousTable, ident: int) -> None:
     count = member.walk_length(theta, size)
     prefix = scoring.prefix_for(count)
     cells = _walk(member, count, size)
-    held = owner[cells].astype(np.intp)
-    in_tail = tail[cells] != 0
+    ours = prefix[:count] / member.weight
+    held = np.take(owner, cells).astype(np.intp)  # numpy takes intp indices far faster
+    in_tail = np.take(tail, cells).view(bool)
     # in the tail the owner scores above theta and the newcomer at most: it takes the cell
-    outside = np.flatnonzero(~in_tail)
-    takes = in_tail.copy()
-    takes[outside] = scoring.before(ident, outside, held[outside], cells[outside], prefix)
-    taken = cells[takes]
-    # the old owner is now second; out of the tail it must score <= theta, so in it: unknown
-    runner[taken] = np.where(in_tail[takes], NONE, held[takes])
+    # whatever the owner's (there unkept, clipped) score
+    takes = scoring.settle(ident, ours, scoring.kept_scores(held, cells), held, cells, in_tail)
+    takes |= in_tail
+    taken = np.compress(takes, cells)
+    # the old owner is now second, unknown in the tail (a known one scores at most theta)
+    runner[taken] = np.compress(takes, held)
+    runner[np.compress(in_tail, cells)] = NONE
     tail[taken] = 0
     owner[taken] = ident
-    lost = np.flatnonzero(~takes)
-    scoring.displace_runner(ident, lost, cells[lost], runner, prefix)
-    cells = np.flatnonzero(tail)
-    mine = scoring.ranks(np.full(len(cells), ident, np.intp), cells)
-    beyond = scoring.above(ident, mine, theta)  # below, the walk has seen it
-    cells, mine = cells[beyond], mine[beyond]
-    held = owner[cells].astype(np.intp)
-    takes = scoring.before(ident, mine, held, cells)
-    taken = cells[takes]
-    owner[taken] = ident
-    runner[taken] = held[takes]
     lost = ~takes
-    scoring.displace_runner(ident, mine[lost], cells[lost], runner)
+    _displace_runner(scoring, ident, np.compress(lost, cells), np.compress(lost, ours), runner)
+    # the tail cells beyond the walk (below theta, it has seen them)
+    cells = np.flatnonzero(tail.view(bool))
+    mine = (cells - member.offset) * member.inverse % size
+    ours = scoring.approximate(mine) / member.weight
+    beyond = scoring.above(ident, mine, ours, theta)
+    cells, ours = np.compress(beyond, cells), np.compress(beyond, ours)
+    held = np.take(owner, cells).astype(np.intp)
+    takes = scoring.settle(ident, ours, scoring.scores(held, cells), held, cells)
+    taken = np.compress(takes, cells)
+    owner[taken] = ident
+    runner[taken] = np.compress(takes, held)
+    lost = ~takes
+    _displace_runner(scoring, ident, np.compress(lost, cells), np.compress(lost, ours), runner)
 
 
 def remove(table: RendezvousTable, member: Member, ident: int) -> None:
@@ -187,21 +196,34 @@ def remove(table: RendezvousTable, member: Member, ident: int) -> None:
     owner, runner, tail = _views(table)
     # a walk up to theta never meets a tail cell (there every member scores above it)
     walked = _walk(member, member.walk_length(theta, size), size)
-    cells = np.concatenate([walked, np.flatnonzero(tail)])
-    held = owner[cells]
-    runner[cells[(runner[cells] == ident) & (held != ident)]] = NONE
-    cells = cells[held == ident]
-    second = runner[cells]
+    cells = np.concatenate([walked, np.flatnonzero(tail.view(bool))])
+    own = np.take(owner, cells) == ident
+    second = np.take(runner, cells)
+    runner[np.compress((second == ident) & ~own, cells)] = NONE
+    cells, second = np.compress(own, cells), np.compress(own, second)
     known = second != NONE
-    owner[cells[known]] = second[known]
-    runner[cells[known]] = NONE
-    cells = cells[~known]
+    at = np.compress(known, cells)
+    owner[at] = np.compress(known, second)
+    runner[at] = NONE
+    cells = np.compress(~known, cells)
     ranked = sorted((m.key, i) for i, m in enumerate(table.members) if m is not None)
     members = [(i, table.members[i]) for _key, i in ranked]
     first, second, over, within = _top_two(members, cells, size, theta)
     owner[cells] = first
     tail[cells] = over
     runner[cells] = np.where(over | within, second, NONE)
+
+
+def _displace_runner(
+    scoring: _Scoring, ident: int, cells: Vector, ours: Vector, runner: Vector
+) -> None:
+    """Member ``ident``, of approximate scores ``ours`` at ``cells`` (where it does not
+    own), becomes the runner-up of the cells whose known runner-up it beats."""
+    second = np.take(runner, cells).astype(np.intp)
+    known = second != NONE
+    cells, ours, second = (np.compress(known, x) for x in (cells, ours, second))
+    better = scoring.settle(ident, ours, scoring.scores(second, cells), second, cells)
+    runner[np.compress(better, cells)] = ident
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -273,7 +295,7 @@ def _top_two(
         # the order of the two lowest, and which they are, hold for the exact scores unless
         # two of the three lowest lie within the approximation's error of each other
         close = np.zeros(len(chunk), bool)
-        for (_, low), (_, high) in zip(lowest, lowest[1:]):
+        for (_, low), (_, high) in pairwise(lowest):
             close |= low * _HIGH >= high * _LOW
         first[start : start + step] = lowest[0][0]
         if rows > 1:
@@ -340,7 +362,13 @@ class _Scoring:
         self.order = np.zeros(len(members), np.int64)
         self.order[[i for _, i in keys]] = np.arange(len(keys))
         prefix = table.prefix
-        self.prefix: Vector = prefix if isinstance(prefix, np.ndarray) else np.empty(0)
+        if not isinstance(prefix, np.ndarray):
+            # none kept (a table built or added to in pure Python): keep one long enough for
+            # every member's walk, which is what lets holders' scores be looked up
+            walks = [m.walk_length(table.theta, table.size) for m in members if m is not None]
+            prefix = approximations(np.arange(max(walks, default=0), dtype=np.int64), self.size)
+            table.prefix = prefix
+        self.prefix: Vector = prefix
 
     def prefix_for(self, count: int) -> Vector:
         """The kept exponentials, extended to at least ``count`` ranks (a new array: copies
@@ -354,65 +382,73 @@ class _Scoring:
 
     def ranks(self, ids: Vector, cells: Vector) -> Vector:
         """The rank of member ``ids[j]`` at ``cells[j]``, for every j."""
-        ranks: Vector = (cells - self.offsets[ids]) * self.inverses[ids] % self.size
+        ranks: Vector = (cells - np.take(self.offsets, ids)) * np.take(self.inverses, ids)
+        ranks %= self.size
         return ranks
 
-    def before(
-        self, ident: int, mine: Vector, ids: Vector, cells: Vector, prefix: Vector | None = None
+    def kept_scores(self, ids: Vector, cells: Vector) -> Vector:
+        """Approximate scores of member ``ids[j]`` at ``cells[j]`` where their ranks are
+        kept (a member scoring at most theta there); anything elsewhere."""
+        kept = np.take(self.prefix, self.ranks(ids, cells), mode="clip")
+        kept /= np.take(self.weights, ids)
+        return kept
+
+    def scores(self, ids: Vector, cells: Vector) -> Vector:
+        """Approximate scores of member ``ids[j]`` at ``cells[j]``, anywhere."""
+        scores = self.approximate(self.ranks(ids, cells))
+        scores /= np.take(self.weights, ids)
+        return scores
+
+    def settle(
+        self,
+        ident: int,
+        ours: Vector,
+        theirs: Vector,
+        ids: Vector,
+        cells: Vector,
+        ignore: Vector | None = None,
     ) -> Vector:
-        """Where member ``ident``, of ranks ``mine`` at ``cells`` (or, with ``prefix``,
-        whose scores are ``prefix[mine]``), ranks before member ``ids`` there: a lower
-        score, or an equal one and the lower key. Exact; log1p only where the two scores
-        are within the approximation's error of each other."""
-        weight = self.weights[ident]
-        ours = (self._approximate(mine) if prefix is None else prefix[mine]) / weight
-        theirs = self._approximate(self.ranks(ids, cells)) / self.weights[ids]
-        wins: Vector = ours * _HIGH < theirs * _LOW
-        unsure = np.flatnonzero(~wins & (ours * _LOW <= theirs * _HIGH))
-        if len(unsure):
+        """Where member ``ident`` ranks before member ``ids[j]`` at ``cells[j]`` (a lower
+        score, or an equal one and the lower key), from approximate scores ``ours`` and
+        ``theirs``: exact, log1p only where the two are within the approximation's error
+        of each other (and not ``ignore``d: those are left False)."""
+        wins: Vector = ours < theirs * (1 - _NEAR)
+        unsure = ours <= theirs * (1 + _NEAR)
+        unsure &= ~wins
+        if ignore is not None:
+            unsure &= ~ignore
+        at = np.flatnonzero(unsure)
+        if len(at):
             member = self.members[ident]
             assert member is not None
-            at, who = cells[unsure], ids[unsure]
-            exact = _exact(member, at, self.size)
-            other = np.array([_exact(self._member(i), at[j : j + 1], self.size)[0]
-                              for j, i in enumerate(who.tolist())])
-            tie = (exact == other) & (self.order[ident] < self.order[who])
-            wins[unsure] = (exact < other) | tie
+            where, who = cells[at], ids[at].tolist()
+            exact = _exact(member, where, self.size)
+            other = np.array([_exact(self._member(i), where[j : j + 1], self.size)[0]
+                              for j, i in enumerate(who)])
+            tie = (exact == other) & (self.order[ident] < np.take(self.order, who))
+            wins[at] = (exact < other) | tie
         return wins
 
-    def above(self, ident: int, mine: Vector, theta: float) -> Vector:
-        """Where member ``ident``, of ranks ``mine``, scores above ``theta``: exact."""
+    def above(self, ident: int, mine: Vector, scores: Vector, theta: float) -> Vector:
+        """Where member ``ident``, of ranks ``mine`` and approximate scores ``scores``
+        there, scores above ``theta``: exact."""
         weight = self.weights[ident]
-        scores = self._approximate(mine) / weight
         over: Vector = scores * _LOW > theta
         unsure = np.flatnonzero(~over & (scores * _HIGH > theta))
         over[unsure] = exponentials(mine[unsure], self.size) / weight > theta
         return over
-
-    def displace_runner(
-        self, ident: int, mine: Vector, cells: Vector, runner: Vector, prefix: Vector | None = None
-    ) -> None:
-        """Member ``ident`` (of ranks ``mine`` at ``cells``, where it does not own; see
-        :meth:`before` for ``prefix``) becomes the runner-up of the cells whose known
-        runner-up it beats."""
-        second = runner[cells]
-        known = np.flatnonzero(second != NONE)
-        cells = cells[known]
-        better = self.before(ident, mine[known], second[known].astype(np.intp), cells, prefix)
-        runner[cells[better]] = ident
 
     def _member(self, ident: int) -> Member:
         member = self.members[ident]
         assert member is not None
         return member
 
-    def _approximate(self, ranks: Vector) -> Vector:
+    def approximate(self, ranks: Vector) -> Vector:
         """Approximate ``E`` at any ranks: looked up where the kept prefix has them."""
         prefix = self.prefix
         if not len(ranks) or ranks.max() < len(prefix):
-            values: Vector = prefix[ranks]
-            return values
+            return np.take(prefix, ranks)
         values = approximations(ranks, self.size)
         inside = np.flatnonzero(ranks < len(prefix))
-        values[inside] = prefix[ranks[inside]]
+        values[inside] = np.take(prefix, np.take(ranks, inside))
         return values
