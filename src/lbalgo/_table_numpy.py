@@ -88,16 +88,16 @@ def build(
     ``RendezvousTable.build``."""
     prefix = approximations(np.arange(max(lengths), dtype=np.int64), size)
     bits = max(1, len(members).bit_length())  # the id bits' all-ones pattern is no id
-    # a key is the approximate score's bits with the id in the low ``bits``: keys order as
-    # scores do except where two scores lie within ``margin`` keys of each other (the
-    # approximation's error, the float32 roundings and the id bits: a generous bound)
+    # A key is the approximate score's float bits (which order as the floats do) with the id
+    # in the low ``bits``. Two keys whose exact scores order otherwise are less than
+    # ``margin`` apart: a relative difference r is at most r * 2^(mantissa + 1) in the bits,
+    # here twice the approximation's error and roundings, plus the id bits (generously).
     key_type: type[np.unsignedinteger[Any]]
     if bits <= _KEY_BITS_32:
-        key_type, margin = np.uint32, (4 << bits) + 64
-        scores = prefix.astype(np.float32)
+        key_type, scores, mantissa = np.uint32, prefix.astype(np.float32), 23
     else:
-        key_type, margin = np.uint64, (4 << bits) + (1 << 21)
-        scores = prefix
+        key_type, scores, mantissa = np.uint64, prefix, 52
+    margin = (4 << bits) + 64 + int(4 * (_ERROR + 2.0**-mantissa) * 2.0 ** (mantissa + 1))
     empty = key_type(np.iinfo(key_type).max)  # no score's bits: the sign bit is never set
     high = key_type(empty ^ ((1 << bits) - 1))
     # each member's walk and keys are made again for each pass, in the same two buffers:
@@ -423,8 +423,9 @@ class _Scoring:
             assert member is not None
             where, who = cells[at], ids[at].tolist()
             exact = _exact(member, where, self.size)
-            other = np.array([_exact(self._member(i), where[j : j + 1], self.size)[0]
-                              for j, i in enumerate(who)])
+            other = np.array(
+                [_exact(self._member(i), where[j : j + 1], self.size)[0] for j, i in enumerate(who)]
+            )
             tie = (exact == other) & (self.order[ident] < np.take(self.order, who))
             wins[at] = (exact < other) | tie
         return wins
