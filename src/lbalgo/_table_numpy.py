@@ -129,12 +129,12 @@ def build(
         held = np.take(second, cells)
         near = np.flatnonzero((keys > held) & (keys - held <= margin))
         close[cells[near]] = True
-    ids = np.full(1 << bits, NONE, np.uint16)  # the ids by their key bits, empty: NONE
-    ids[: len(members)] = np.arange(len(members))
     ident_bits = key_type((1 << bits) - 1)
-    owner = np.take(ids, (best & ident_bits).astype(np.intp))
-    runner = np.take(ids, (second & ident_bits).astype(np.intp))
+    owner = (best & ident_bits).astype(np.uint16)
     tail = best == empty
+    np.copyto(owner, NONE, where=tail)
+    runner = (second & ident_bits).astype(np.uint16)
+    np.copyto(runner, NONE, where=second == empty)
     del best, second
     ranked = list(enumerate(members))
     cells = np.flatnonzero(close)
@@ -162,9 +162,9 @@ def add(table: RendezvousTable, ident: int) -> None:
     ours = prefix[:count] / member.weight
     held = np.take(owner, cells).astype(np.intp)  # numpy takes intp indices far faster
     in_tail = np.take(tail, cells).view(bool)
-    # in the tail the owner scores above theta and the newcomer at most: it takes the cell
-    # whatever the owner's (there unkept, clipped) score
-    takes = scoring.settle(ident, ours, scoring.kept_scores(held, cells), held, cells, in_tail)
+    # in the tail the owner scores above theta and the newcomer at most: it takes the cell,
+    # whatever the owner's score there (unkept: clipped, or settled exactly)
+    takes = scoring.settle(ident, ours, scoring.kept_scores(held, cells), held, cells)
     takes |= in_tail
     taken = np.compress(takes, cells)
     # the old owner is now second, unknown in the tail (a known one scores at most theta)
@@ -272,65 +272,66 @@ def _top_two(
     ``theta``, whether the lowest scores above it and the second at most (else empty)."""
     present = [m for _, m in members if m is not None]
     ids = np.array([i for i, m in members if m is not None] + [NONE], np.uint16)
-    # one row per member, and a last one standing for "no member" (it never scores)
-    offsets = np.array([m.offset for m in present] + [0], np.int64)
-    inverses = np.array([m.inverse for m in present] + [0], np.int64)
-    weights = np.array([m.weight for m in present] + [1], np.float64)
+    offsets = np.array([m.offset for m in present], np.int64)
+    inverses = np.array([m.inverse for m in present], np.int64)
+    weights = np.array([m.weight for m in present], np.float64)
     count, rows = len(cells), len(present)
+    # positions in ``present`` (``rows``: none) and scores, approximate or exact
     first = np.full(count, rows, np.intp)
     second = np.full(count, rows, np.intp)
+    first_score = np.full(count, np.inf)
+    second_score = np.full(count, np.inf)
     step = max(1, _CHUNK // max(1, rows))
     for start in range(0, count, step):
         chunk = cells[start : start + step, None]
+        part = slice(start, start + len(chunk))
         # a row per cell, a column per member: each cell's scores are contiguous
-        ranks = (chunk - offsets[:rows]) * inverses[:rows] % size
+        ranks = (chunk - offsets) * inverses % size
         scores = approximations(ranks, size)
-        scores /= weights[:rows]
+        scores /= weights
         lines = np.arange(len(chunk))
-        lowest = []  # columns and approximate scores of the three lowest
-        for _ in range(min(3, rows)):
-            column = scores.argmin(axis=1)
-            lowest.append((column, scores[lines, column]))
-            scores[lines, column] = np.inf
+        lowest = []  # the three lowest approximate scores
+        for position, (column, score) in enumerate(((first, first_score), (second, second_score))):
+            if position < rows:
+                column[part] = scores.argmin(axis=1)
+                score[part] = scores[lines, column[part]]
+                lowest.append(score[part])
+                scores[lines, column[part]] = np.inf
+        if rows > 2:
+            lowest.append(scores.min(axis=1))
         # the order of the two lowest, and which they are, hold for the exact scores unless
         # two of the three lowest lie within the approximation's error of each other
         close = np.zeros(len(chunk), bool)
-        for (_, low), (_, high) in pairwise(lowest):
+        for low, high in pairwise(lowest):
             close |= low * _HIGH >= high * _LOW
-        first[start : start + step] = lowest[0][0]
-        if rows > 1:
-            second[start : start + step] = lowest[1][0]
         unsure = np.flatnonzero(close)
         if len(unsure):
             exact = np.stack([_exact(m, chunk[unsure, 0], size) for m in present])
-            column = exact.argmin(axis=0)  # the first of equal scores: the lower key
-            first[start + unsure] = column
-            exact[column, np.arange(len(unsure))] = np.inf
-            second[start + unsure] = exact.argmin(axis=0)
+            at, columns = start + unsure, np.arange(len(unsure))
+            first[at] = exact.argmin(axis=0)  # the first of equal scores: the lower key
+            first_score[at] = exact[first[at], columns]
+            exact[first[at], columns] = np.inf
+            second[at] = exact.argmin(axis=0)
+            second_score[at] = exact[second[at], columns]
     if theta is None:
         nothing = np.empty(0, bool)
         return ids[first], ids[second], nothing, nothing
-    params = offsets, inverses, weights
-    over = _above(params, first, cells, size, theta, present)
-    within = ~_above(params, second, cells, size, theta, present)
+    over = _above(present, first, first_score, cells, size, theta)
+    within = ~_above(present, second, second_score, cells, size, theta)
     return ids[first], ids[second], over, within
 
 
 def _above(
-    params: tuple[Vector, Vector, Vector],
+    present: Sequence[Member],
     rows: Vector,
+    scores: Vector,
     cells: Vector,
     size: int,
     theta: float,
-    present: Sequence[Member],
 ) -> Vector:
-    """Whether the member of each row (``params``: offsets, inverses, weights by row) scores
-    above ``theta`` at its cell (True for the row past the members): exact, log1p only
-    where the bound is unsure."""
-    offsets, inverses, weights = params
-    ranks = (cells - offsets[rows]) * inverses[rows] % size
-    scores = approximations(ranks, size) / weights[rows]
-    scores[rows == len(present)] = np.inf
+    """Whether member ``present[rows[j]]``, of (approximate) score ``scores[j]``, scores
+    above ``theta`` at ``cells[j]`` (True past the members): exact, log1p only where the
+    bound is unsure."""
     over: Vector = scores * _LOW > theta
     for j in np.flatnonzero(~over & (scores * _HIGH > theta)).tolist():
         over[j] = _exact(present[rows[j]], cells[j : j + 1], size)[0] > theta
@@ -400,23 +401,15 @@ class _Scoring:
         return scores
 
     def settle(
-        self,
-        ident: int,
-        ours: Vector,
-        theirs: Vector,
-        ids: Vector,
-        cells: Vector,
-        ignore: Vector | None = None,
+        self, ident: int, ours: Vector, theirs: Vector, ids: Vector, cells: Vector
     ) -> Vector:
         """Where member ``ident`` ranks before member ``ids[j]`` at ``cells[j]`` (a lower
         score, or an equal one and the lower key), from approximate scores ``ours`` and
         ``theirs``: exact, log1p only where the two are within the approximation's error
-        of each other (and not ``ignore``d: those are left False)."""
+        of each other."""
         wins: Vector = ours < theirs * (1 - _NEAR)
         unsure = ours <= theirs * (1 + _NEAR)
         unsure &= ~wins
-        if ignore is not None:
-            unsure &= ~ignore
         at = np.flatnonzero(unsure)
         if len(at):
             member = self.members[ident]
