@@ -2,22 +2,21 @@
 :mod:`lbalgo._table` makes, bit for bit, in a few vector operations per member instead of a
 Python step per cell.
 
-Exactness is what placement needs (every process, with or without numpy, must agree), yet
-Python's ``math.log1p``, one call per value, is what the scores are defined with, and numpy's
-own log1p may differ from it in the last bits (SVML on AVX-512 CPUs, or another libm). So:
+Exactness is what placement needs (every process, with or without numpy, must agree), and the
+scores are defined by Python's ``math.log1p``, one call per value, whose last bits numpy's
+functions need not match (SVML on AVX-512 CPUs, another libm). So:
 
-- the kernels compare *approximate* scores, ``-numpy.log1p(-(k + 1/2) / T) / weight``, whose
-  relative error is far below ``_ERROR`` (any libm's log1p is within a few ulps: 1e-15), and
-  settle every comparison the approximations cannot (two scores within the error of each
-  other, equal scores included) with the exact ``math.log1p`` values. Those are a handful of
-  cells (two equal weights at the same rank, say), so exact values cost almost nothing;
-- a build walks every member at once in packed integer keys: the score's float bits (which
-  order as the floats do) with the member id in the low bits, so one ``numpy.minimum.at``
-  per member keeps each cell's lowest key and another the second lowest. Then every cell
-  where some key came within the approximation's margin of its two lowest is scored again
-  exactly, and so is the tail (the cells no walk reached);
+- the kernels compare *approximate* scores, from numpy's ``log`` within a relative
+  ``_ERROR`` (2^-22, proven below), and settle every comparison the approximations cannot
+  (two scores within the error of each other, equal scores included) with the exact
+  ``math.log1p`` values and the tie rule: a handful of cells, so exact values cost nothing;
+- a build walks every member in packed integer keys, the score's float bits (which order as
+  the floats do) with the member id in the low bits: one ``numpy.minimum.at`` per member
+  keeps each cell's lowest key, another the second lowest; the cells where some key came
+  within the approximation's margin of those two are scored again exactly, and so is the
+  tail (the cells no walk reached);
 - the approximate exponentials of the first ranks are kept with the table (``prefix``,
-  shared by copies), so that updates look them up instead of computing them;
+  shared by copies; always as long as every member's walk), so that updates look them up;
 - numpy does the integer cell arithmetic (int64: (T - 1)^2 < 2^63), the comparisons and the
   scatters. A member's walk cells are distinct, so a fancy assignment per member is exact.
 """
@@ -440,11 +439,8 @@ class _Scoring:
         return member
 
     def approximate(self, ranks: Vector) -> Vector:
-        """Approximate ``E`` at any ranks: looked up where the kept prefix has them."""
+        """Approximate ``E`` at any ranks: looked up where the kept prefix has them all."""
         prefix = self.prefix
         if not len(ranks) or ranks.max() < len(prefix):
             return np.take(prefix, ranks)
-        values = approximations(ranks, self.size)
-        inside = np.flatnonzero(ranks < len(prefix))
-        values[inside] = np.take(prefix, np.take(ranks, inside))
-        return values
+        return approximations(ranks, self.size)
