@@ -119,17 +119,19 @@ def build(
     for cells, keys in walks():
         np.minimum.at(best, cells, keys)
     second = np.full(size, empty, key_type)
+    # the cells where the keys may not order the two lowest scores as the exact scores do:
+    # the two lowest keys, or the second and another, within the margin. Of two such keys
+    # other than the lowest, the later to come meets the other as the lowest so far.
+    close = np.zeros(size, bool)
     for cells, keys in walks():
         # the lowest is out of the race: all ones (no key) where the key is the cell's best
         keys |= (keys == np.take(best, cells)).view(np.uint8) * empty
-        np.minimum.at(second, cells, keys)
-    # cells whose two lowest keys, or the second and any other, are within the margin: the
-    # keys may not order them as the exact scores do
-    close = (second - best <= margin) & (second != empty)
-    for cells, keys in walks():
         held = np.take(second, cells)
-        near = np.flatnonzero((keys > held) & (keys - held <= margin))
-        close[cells[near]] = True
+        gap = keys - held  # unsigned: the distance is the lower of both differences
+        np.minimum(gap, held - keys, out=gap)
+        close[np.compress((gap <= margin) & (keys != empty), cells)] = True
+        np.minimum.at(second, cells, keys)
+    close |= (second - best <= margin) & (second != empty)
     ident_bits = key_type((1 << bits) - 1)
     owner = (best & ident_bits).astype(np.uint16)
     tail = best == empty
