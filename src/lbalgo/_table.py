@@ -109,7 +109,7 @@ class RendezvousTable:
         self.idents: dict[str, int] = {}
         self.theta = 0.0  # the common score every build walks up to
         self.tail = bytearray()  # 1 where the cell's owner scores above theta
-        self.prefix: object = None  # the numpy kernels' kept E(k) of the first ranks
+        self.prefix: object = None  # the numpy kernels' kept approximate E(k) of the first ranks
         self._kept: dict[int, tuple[int, ...]] = {}
 
     # -- construction -------------------------------------------------------------------------

@@ -118,18 +118,20 @@ def build(
     best = np.full(size, empty, key_type)
     for cells, keys in walks():
         np.minimum.at(best, cells, keys)
+    # the lowest key of each cell is out of the race for second: its sign bit set (no
+    # score's), it stays above every other key and far from them; a second with the sign
+    # bit set is no second
+    sign = key_type(1 << (8 * np.dtype(key_type).itemsize - 1))
     second = np.full(size, empty, key_type)
     # the cells where the keys may not order the two lowest scores as the exact scores do:
     # the two lowest keys, or the second and another, within the margin. Of two such keys
     # other than the lowest, the later to come meets the other as the lowest so far.
     close = np.zeros(size, bool)
     for cells, keys in walks():
-        # the lowest is out of the race: all ones (no key) where the key is the cell's best
-        keys |= (keys == np.take(best, cells)).view(np.uint8) * empty
-        held = np.take(second, cells)
-        gap = keys - held  # unsigned: the distance is the lower of both differences
-        np.minimum(gap, held - keys, out=gap)
-        close[np.compress((gap <= margin) & (keys != empty), cells)] = True
+        keys |= (keys == np.take(best, cells)).view(np.uint8) * sign
+        gap = keys - np.take(second, cells)
+        gap += key_type(margin)  # unsigned: within the margin either way is at most twice it
+        close[np.compress(gap <= 2 * margin, cells)] = True
         np.minimum.at(second, cells, keys)
     close |= (second - best <= margin) & (second != empty)
     ident_bits = key_type((1 << bits) - 1)
@@ -137,7 +139,7 @@ def build(
     tail = best == empty
     np.copyto(owner, NONE, where=tail)
     runner = (second & ident_bits).astype(np.uint16)
-    np.copyto(runner, NONE, where=second == empty)
+    np.copyto(runner, NONE, where=second >= sign)
     del best, second
     ranked = list(enumerate(members))
     cells = np.flatnonzero(close)
