@@ -181,7 +181,7 @@ def add(table: RendezvousTable, ident: int) -> None:
     _displace_runner(scoring, ident, np.compress(lost, cells), np.compress(lost, ours), runner)
     # the tail cells beyond the walk (below theta, it has seen them)
     cells = np.flatnonzero(tail.view(bool))
-    mine = (cells - member.offset) * member.inverse % size
+    mine = (cells + (size - member.offset)) * member.inverse % size
     ours = scoring.approximate(mine) / member.weight
     beyond = scoring.above(ident, mine, ours, theta)
     cells, ours = np.compress(beyond, cells), np.compress(beyond, ours)
@@ -277,7 +277,7 @@ def _top_two(
     ``theta``, whether the lowest scores above it and the second at most (else empty)."""
     present = [m for _, m in members if m is not None]
     ids = np.array([i for i, m in members if m is not None] + [NONE], np.uint16)
-    offsets = np.array([m.offset for m in present], np.int64)
+    shifts = np.array([size - m.offset for m in present], np.int64)
     inverses = np.array([m.inverse for m in present], np.int64)
     weights = np.array([m.weight for m in present], np.float64)
     count, rows = len(cells), len(present)
@@ -291,7 +291,7 @@ def _top_two(
         chunk = cells[start : start + step, None]
         part = slice(start, start + len(chunk))
         # a row per cell, a column per member: each cell's scores are contiguous
-        ranks = (chunk - offsets) * inverses % size
+        ranks = (chunk + shifts) * inverses % size
         scores = approximations(ranks, size)
         scores /= weights
         lines = np.arange(len(chunk))
@@ -345,7 +345,7 @@ def _above(
 
 def _exact(member: Member, cells: Vector, size: int) -> Vector:
     """The member's exact scores at ``cells`` (math.log1p): for the few unsure ones."""
-    ranks = (cells - member.offset) * member.inverse % size
+    ranks = (cells + (size - member.offset)) * member.inverse % size
     scores: Vector = exponentials(ranks, size) / member.weight
     return scores
 
@@ -360,7 +360,9 @@ class _Scoring:
         self.members = members
         placeholder = Member("", 1, table.size)
         present = [placeholder if m is None else m for m in members]
-        self.offsets = np.array([m.offset for m in present], np.int64)
+        # T - offset: a rank is (cell + T - offset) * inverse mod T, all non-negative (numpy
+        # divides non-negative numbers about three times faster)
+        self.shifts = np.array([table.size - m.offset for m in present], np.int64)
         self.inverses = np.array([m.inverse for m in present], np.int64)
         self.weights = np.array([m.weight for m in present], np.float64)
         # each id's position in key order: an equal score goes to the lower key
@@ -388,7 +390,7 @@ class _Scoring:
 
     def ranks(self, ids: Vector, cells: Vector) -> Vector:
         """The rank of member ``ids[j]`` at ``cells[j]``, for every j."""
-        ranks: Vector = (cells - np.take(self.offsets, ids)) * np.take(self.inverses, ids)
+        ranks: Vector = (cells + np.take(self.shifts, ids)) * np.take(self.inverses, ids)
         ranks %= self.size
         return ranks
 
