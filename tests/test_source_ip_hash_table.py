@@ -223,13 +223,13 @@ def test_numpy_and_pure_python_give_the_same_real_table() -> None:
 
 
 @pytest.mark.parametrize("key_bits_32", [10, 0], ids=["32-bit keys", "64-bit keys"])
-def test_the_kernels_stay_exact_with_a_coarse_log1p(
+def test_the_kernels_stay_exact_with_coarse_approximations(
     monkeypatch: pytest.MonkeyPatch, key_bits_32: int
 ) -> None:
-    """The kernels compare approximate scores (numpy's log1p) and settle exactly whatever
-    the approximation cannot: made coarse on purpose (up to 2^-8 off, the error bound
-    widened to match), most comparisons are unsure, and every build and update still gives
-    exactly the pure-Python arrays."""
+    """The kernels compare approximate scores (numpy's log) and settle exactly whatever the
+    approximation cannot: made coarse on purpose (up to 2^-8 off, the error bound widened to
+    match), most comparisons are unsure, and every build and update still gives exactly the
+    pure-Python arrays (with 32-bit build keys, and with the 64-bit ones of large groups)."""
     np = pytest.importorskip("numpy")
     from lbalgo import _table_numpy
 
