@@ -42,7 +42,6 @@ __all__ = ["add", "approximations", "build", "check_prefix", "exponentials", "re
 
 Vector = npt.NDArray[Any]
 
-_log1p = math.log1p
 _CHUNK = 1 << 20  # scores scored at once by _top_two: 8 MiB of floats
 # The bound on the relative error of an approximate score. E(k) = ln T - ln(T - k - 1/2): the
 # two logs (numpy's, within 4 ulps of 16 even with SVML: 1.4e-14 each) lose at most 2.8e-14,
@@ -69,7 +68,7 @@ def exponentials(ranks: Vector, size: int) -> Vector:
     """``E(k)`` for every rank, equal to :func:`lbalgo._permutation.exponentials`' values."""
     arguments = -(ranks + 0.5) / size
     # iterating a memoryview makes each Python float as it is needed (no list of them)
-    return -np.fromiter(map(_log1p, arguments.data), np.float64, len(arguments))
+    return -np.fromiter(map(math.log1p, arguments.data), np.float64, len(arguments))
 
 
 def check_prefix(prefix: object, size: int, walks: Sequence[int]) -> None:
@@ -327,12 +326,7 @@ def _top_two(
 
 
 def _above(
-    present: Sequence[Member],
-    rows: Vector,
-    scores: Vector,
-    cells: Vector,
-    size: int,
-    theta: float,
+    present: Sequence[Member], rows: Vector, scores: Vector, cells: Vector, size: int, theta: float
 ) -> Vector:
     """Whether member ``present[rows[j]]``, of (approximate) score ``scores[j]``, scores
     above ``theta`` at ``cells[j]`` (True past the members): exact, log1p only where the
