@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -218,6 +220,67 @@ def test_numpy_and_pure_python_give_the_same_real_table() -> None:
             return changed
 
         table = both_ways(changed_copy)
+
+
+@pytest.mark.parametrize("key_bits_32", [10, 0], ids=["32-bit keys", "64-bit keys"])
+def test_the_kernels_stay_exact_with_coarse_approximations(
+    monkeypatch: pytest.MonkeyPatch, key_bits_32: int
+) -> None:
+    """The kernels compare approximate scores (numpy's log) and settle exactly whatever the
+    approximation cannot: made coarse on purpose (up to 2^-8 off, the error bound widened to
+    match), most comparisons are unsure, and every build and update still gives exactly the
+    pure-Python arrays (with 32-bit build keys, and with the 64-bit ones of large groups)."""
+    np = pytest.importorskip("numpy")
+    from lbalgo import _table_numpy
+
+    fine = _table_numpy.approximations
+
+    def coarse(ranks: Any, size: int) -> Any:
+        # a relative error of up to 2^-8, either way, that changes with the rank
+        return fine(ranks, size) * (1 + np.where(ranks % 2, 1, -1) * (ranks % 7) * 2.0**-11)
+
+    error = 2.0**-7
+    monkeypatch.setattr(_table_numpy, "approximations", coarse)
+    monkeypatch.setattr(_table_numpy, "_ERROR", error)
+    monkeypatch.setattr(_table_numpy, "_LOW", 1 - 2 * error)
+    monkeypatch.setattr(_table_numpy, "_HIGH", 1 + 2 * error)
+    monkeypatch.setattr(_table_numpy, "_NEAR", 5 * error)
+    monkeypatch.setattr(_table_numpy, "_KEY_BITS_32", key_bits_32)
+    rng = random.Random(31)
+    for size in SIZES:
+        # few distinct weights: many equal scores, the case the tie rule decides
+        members = {f"10.0.0.{i}:80": rng.choice([1, 2, 7, 100]) for i in range(1, 9)}
+
+        def fresh_build(members: dict[str, int] = members, size: int = size) -> RendezvousTable:
+            return RendezvousTable.build(members.items(), size)
+
+        table = both_ways(fresh_build)
+        table._check()
+        for _ in range(10):
+            key = rng.choice([f"10.0.0.{i}:80" for i in range(1, 13)])
+            weight = rng.choice([1, 2, 7, 100])
+            args: tuple[Any, ...] = (key, weight)
+            if key not in members:
+                change = "add"
+            elif rng.random() < 0.5 and len(members) > 1:
+                change, args = "remove", (key,)
+            else:
+                change = "reweight"
+
+            def changed_copy(
+                table: RendezvousTable = table, change: str = change, args: tuple[Any, ...] = args
+            ) -> RendezvousTable:
+                changed = table.copy()
+                getattr(changed, change)(*args)
+                return changed
+
+            table = both_ways(changed_copy)
+            table._check()
+            if change == "remove":
+                del members[key]
+            else:
+                members[key] = weight
+            assert owners_by_key(table) == owners_by_key(both_ways(fresh_build))
 
 
 def test_the_switch() -> None:

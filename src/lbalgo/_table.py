@@ -109,7 +109,7 @@ class RendezvousTable:
         self.idents: dict[str, int] = {}
         self.theta = 0.0  # the common score every build walks up to
         self.tail = bytearray()  # 1 where the cell's owner scores above theta
-        self.prefix: object = None  # the numpy kernels' kept E(k) of the first ranks
+        self.prefix: object = None  # the numpy kernels' kept approximate E(k) of the first ranks
         self._kept: dict[int, tuple[int, ...]] = {}
 
     # -- construction -------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class RendezvousTable:
         if numpy_in_use():
             from lbalgo import _table_numpy
             table.owner, table.runner, table.tail, table.prefix = _table_numpy.build(
-                members, lengths, size
+                members, lengths, size, theta
             )
             return table
         exps = exponentials(max(lengths), size)
@@ -245,6 +245,9 @@ class RendezvousTable:
             from lbalgo import _table_numpy
             _table_numpy.add(self, ident)
             return
+        # the numpy kernels' kept exponentials must cover every member's walk: they are made
+        # again, long enough, by the next update with numpy
+        self.prefix = None
         members, owner, runner, tail = self.members, self.owner, self.runner, self.tail
         # (offset, inverse, weight, key) by id: the scores of the cell's holders, inline
         params = [
@@ -389,7 +392,8 @@ class RendezvousTable:
         assert len(self.owner) == len(self.runner) == len(self.tail) == cells
         if HAVE_NUMPY:
             from lbalgo import _table_numpy
-            _table_numpy.check_prefix(self.prefix, size)
+            walks = [m.walk_length(theta, size) for m in self.members if m is not None]
+            _table_numpy.check_prefix(self.prefix, size, walks)
         assert {m.key: i for i, m in enumerate(self.members) if m is not None} == self.idents
         if not self.idents:
             return
