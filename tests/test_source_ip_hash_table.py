@@ -46,6 +46,19 @@ def both_ways(make: Callable[[], RendezvousTable]) -> RendezvousTable:
     return fast
 
 
+def changed_both_ways(
+    table: RendezvousTable, change: str, args: tuple[object, ...]
+) -> RendezvousTable:
+    """One update (``add``, ``remove`` or ``reweight``) of a copy of ``table``, both ways."""
+
+    def changed_copy() -> RendezvousTable:
+        changed = table.copy()
+        getattr(changed, change)(*args)
+        return changed
+
+    return both_ways(changed_copy)
+
+
 def owners_by_key(table: RendezvousTable) -> list[str]:
     keys = {ident: key for key, ident in table.idents.items()}
     return [keys[ident] for ident in table.owner]
@@ -71,13 +84,7 @@ class TableUpdates(RuleBasedStateMachine):
     def _step(self, change: str, key: str, weight: int) -> None:
         before = owners_by_key(self.table) if self.members else []
         args = (key,) if change == "remove" else (key, weight)
-
-        def changed_copy() -> RendezvousTable:
-            changed = self.table.copy()
-            getattr(changed, change)(*args)
-            return changed
-
-        changed = both_ways(changed_copy)
+        changed = changed_both_ways(self.table, change, args)
         # the copy was changed, never the table readers may still hold
         assert (owners_by_key(self.table) if self.members else []) == before
         self.table = changed
@@ -211,15 +218,7 @@ def test_numpy_and_pure_python_give_the_same_real_table() -> None:
         ("remove", ("10.2.0.5:80",)),
         ("reweight", ("10.2.0.9:80", 1)),
     ]:
-
-        def changed_copy(
-            table: RendezvousTable = table, change: str = change, args: tuple[object, ...] = args
-        ) -> RendezvousTable:
-            changed = table.copy()
-            getattr(changed, change)(*args)
-            return changed
-
-        table = both_ways(changed_copy)
+        table = changed_both_ways(table, change, args)
 
 
 @pytest.mark.parametrize("key_bits_32", [10, 0], ids=["32-bit keys", "64-bit keys"])
@@ -266,15 +265,7 @@ def test_the_kernels_stay_exact_with_coarse_approximations(
                 change, args = "remove", (key,)
             else:
                 change = "reweight"
-
-            def changed_copy(
-                table: RendezvousTable = table, change: str = change, args: tuple[Any, ...] = args
-            ) -> RendezvousTable:
-                changed = table.copy()
-                getattr(changed, change)(*args)
-                return changed
-
-            table = both_ways(changed_copy)
+            table = changed_both_ways(table, change, args)
             table._check()
             if change == "remove":
                 del members[key]
