@@ -31,7 +31,7 @@ from lbalgo.bench._core import (
     time_prepared,
 )
 from lbalgo.bench._pure import pure_group, pure_lbalgo
-from lbalgo.bench.request import _lease_ns, _pair_ns, _pick_ns, best_ratios
+from lbalgo.bench.request import best_ratios, lease_ns, pair_ns, pick_ns
 
 
 def _steady(module: Any, group: Any, **options: Any) -> Any:
@@ -60,7 +60,7 @@ def request_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
         ("SourceIPHash pick + release", "pair", True, "<= 12"),
         ("SourceIPHash with connection()", "lease", True, "<= 20"),
     ]
-    timers = {"pick": _pick_ns, "pair": _pair_ns, "lease": _lease_ns}
+    timers = {"pick": pick_ns, "pair": pair_ns, "lease": lease_ns}
     for n in sizes:
         group = sample_group(n)
         scheds = {}

@@ -37,7 +37,16 @@ from lbalgo.swrr import SmoothWeightedRoundRobin
 from lbalgo.testing.reference import ScanLeastConnections
 from lbalgo.wlc import WeightedLeastConnections
 
-__all__ = ["hash_table", "run", "swrr_table", "wlc_table"]
+__all__ = [
+    "best_ratios",
+    "hash_table",
+    "lease_ns",
+    "pair_ns",
+    "pick_ns",
+    "run",
+    "swrr_table",
+    "wlc_table",
+]
 
 SIZES = (8, 50, 500)
 QUICK_SIZES = (8, 50)
@@ -55,7 +64,8 @@ def best_ratios(measure: Callable[[], Sequence[float]], rounds: int) -> list[flo
     return [figure / best[0] for figure in best[1:]]
 
 
-def _pick_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
+def pick_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
+    """Nanoseconds per ``pick`` (a median of 5 runs of ``loops``), the clients in turn."""
     pick = sched.pick
     if not clients:
         return ns_per_call(pick, loops)
@@ -68,7 +78,10 @@ def _pick_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
     return time_loop(body, loops)
 
 
-def _pair_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
+def pair_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
+    """Nanoseconds per ``release(pick())``: the whole request by hand. The clients (a power
+    of two of them) are taken in turn by a mask, cheaper than the modulo of
+    :func:`~lbalgo.bench._core.pick_release_ns`, so the loop adds less to what it measures."""
     pick, release = sched.pick, sched.release
     if not clients:
 
@@ -86,7 +99,8 @@ def _pair_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
     return time_loop(body_clients, loops)
 
 
-def _lease_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
+def lease_ns(sched: Any, loops: int, clients: Sequence[str]) -> float:
+    """Nanoseconds per ``with sched.connection():`` block: the whole request as a lease."""
     connection = sched.connection
     if not clients:
 
@@ -136,12 +150,12 @@ def _three(
         def measure(sched: Any = sched, pure: Any = pure) -> list[float]:
             return [
                 empty_call_ns(loops),
-                _pick_ns(sched, loops, clients),
-                _pair_ns(sched, loops, clients),
-                _lease_ns(sched, loops, clients),
-                _pick_ns(pure, loops, clients),
-                _pair_ns(pure, loops, clients),
-                _lease_ns(pure, loops, clients),
+                pick_ns(sched, loops, clients),
+                pair_ns(sched, loops, clients),
+                lease_ns(sched, loops, clients),
+                pick_ns(pure, loops, clients),
+                pair_ns(pure, loops, clients),
+                lease_ns(pure, loops, clients),
             ]
 
         table.rows.append([n, *best_ratios(measure, rounds), ", ".join(goals)])
@@ -237,9 +251,9 @@ def wlc_table(sizes: Sequence[int], loops: int, rounds: int) -> Table:
         ) -> list[float]:
             return [
                 empty_call_ns(loops),
-                _pair_ns(ours, loops, ()),
-                _lease_ns(ours, loops, ()),
-                _pair_ns(scan, scan_loops, ()),
+                pair_ns(ours, loops, ()),
+                lease_ns(ours, loops, ()),
+                pair_ns(scan, scan_loops, ()),
             ]
 
         pair, lease, bare = best_ratios(measure, rounds)
