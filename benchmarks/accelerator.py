@@ -1,4 +1,4 @@
-"""The C accelerator (lbalgo._hotpath) against its pure-Python fallback, side by side.
+"""The C accelerators against the pure-Python code they mirror, side by side.
 
     python benchmarks/accelerator.py            # 8, 50 and 500 backends (a few minutes)
     python benchmarks/accelerator.py --quick    # 8 and 50, few loops: checks that it runs
@@ -118,7 +118,7 @@ def neighbours_table(loops: int, rounds: int, quick: bool) -> Table:
         contenders.setdefault(f"SWRR pick, slow_start and max_fails set, {big}", []).append(
             partial(ns_per_call, timed.pick, loops)
         )
-        for cls in ("SmoothWeightedRoundRobin", "SourceIPHash"):
+        for cls in ("SmoothWeightedRoundRobin", "SourceIPHash", "WeightedLeastConnections"):
             sticky = module.StickySessions(getattr(module, cls)(group), max_sessions=1000)
             for client in clients:
                 sticky.release(sticky.pick(client))
