@@ -216,12 +216,14 @@ def test_release_refuses_bad_input_with_the_pure_codes_messages() -> None:
 
 def test_pick_refuses_bad_calls_with_the_pure_codes_messages() -> None:
     group = BackendGroup([Backend("10.0.0.1", 80)])
-    for build in (SmoothWeightedRoundRobin, SourceIPHash):
+    # WLC's C request path is bound on the instance: its refusals are the class's too
+    for build in (SmoothWeightedRoundRobin, SourceIPHash, WeightedLeastConnections):
         sched = build(group)
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (("192.0.2.1", 2), {}),
             ((), {"clients": 1}),
             ((), {"exclude": 5}),
+            (("192.0.2.1",), {"client": "192.0.2.2"}),
         ]
         for name in ("pick", "connection"):
             for args, kwargs in calls:

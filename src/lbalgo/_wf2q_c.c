@@ -1262,42 +1262,32 @@ pick_slot(RequestPath *self)
     return slot;
 }
 
-/* the arguments (client=None, *, exclude=()) of pick and connection, borrowed; 0 or -1 */
+/* Whether a call (client=None, *, exclude=()) of pick or connection is one the fast path may
+ * serve, with its exclude (borrowed, NULL if absent); anything else (an extra positional,
+ * an unknown or repeated keyword) is the pure method's to refuse. Sets no error. */
 static int
-pick_args(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-          PyObject **client, PyObject **exclude)
+plain_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **exclude)
 {
-    *client = Py_None;
     *exclude = NULL;
     if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most 1 positional argument (%zd given)",
-                     name, nargs);
-        return -1;
-    }
-    if (nargs) {
-        *client = args[0];
+        return 0;
     }
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nkw; i++) {
+        /* keywords are exact str objects (the interpreter checks): Compare cannot fail */
         PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
         if (!nargs && (kw == str_client || PyUnicode_Compare(kw, str_client) == 0)) {
-            *client = args[nargs + i];
+            continue; /* the client plays no part in the choice */
         }
-        else if (kw == str_exclude || PyUnicode_Compare(kw, str_exclude) == 0) {
-            *exclude = args[nargs + i];
+        if (kw != str_exclude && PyUnicode_Compare(kw, str_exclude) != 0) {
+            return 0;
         }
-        else {
-            if (!PyErr_Occurred()) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
-                             name, kw);
-            }
-            return -1;
-        }
+        *exclude = args[nargs + i];
     }
-    return 0;
+    return 1;
 }
 
-/* the slot for a fast pick, or NULL: *done then says whether that is an error */
+/* the slot for a fast pick, or NULL: *error then says whether that is an error */
 static PyObject *
 fast_slot(RequestPath *self, PyObject *exclude, int *error)
 {
@@ -1321,6 +1311,26 @@ fast_slot(RequestPath *self, PyObject *exclude, int *error)
     return slot;
 }
 
+/* pick's and connection's common part: the slot the fast path serves, or NULL with *result
+ * set to `pure`'s answer to the call's own arguments (bad arguments, an exclude set, nothing
+ * eligible: its errors and messages), or NULL with *result NULL and an error. */
+static PyObject *
+fast_or_pure(RequestPath *self, PyObject *pure, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames, PyObject **result)
+{
+    PyObject *exclude, *slot;
+    int error = 0;
+    *result = NULL;
+    if (not_ready(self)) {
+        return NULL;
+    }
+    slot = plain_call(args, nargs, kwnames, &exclude) ? fast_slot(self, exclude, &error) : NULL;
+    if (slot == NULL && !error) {
+        *result = PyObject_Vectorcall(pure, args, nargs, kwnames);
+    }
+    return slot;
+}
+
 PyDoc_STRVAR(pick_doc,
 "pick($self, /, client=None, *, exclude=())\n--\n\n"
 "WeightedLeastConnections.pick: under the lock, acquire a key in the ledger and count a\n"
@@ -1330,19 +1340,9 @@ static PyObject *
 RequestPath_pick(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames)
 {
-    PyObject *client, *exclude, *slot;
-    int error;
-    if (not_ready(self)) {
-        return NULL;
-    }
-    if (pick_args("pick", args, nargs, kwnames, &client, &exclude)) {
-        /* a call the pure method refuses: it raises its own error, message included */
-        PyErr_Clear();
-        return PyObject_Vectorcall(self->slow_pick, args, nargs, kwnames);
-    }
-    slot = fast_slot(self, exclude, &error);
+    PyObject *result, *slot = fast_or_pure(self, self->slow_pick, args, nargs, kwnames, &result);
     if (slot == NULL) {
-        return error ? NULL : PyObject_Vectorcall(self->slow_pick, args, nargs, kwnames);
+        return result;
     }
     PyObject *backend = slot_field(self, slot, BACKEND);
     Py_DECREF(slot);
@@ -1358,19 +1358,10 @@ static PyObject *
 RequestPath_connection(RequestPath *self, PyObject *const *args, Py_ssize_t nargs,
                        PyObject *kwnames)
 {
-    PyObject *client, *exclude, *slot;
-    int error;
-    if (not_ready(self)) {
-        return NULL;
-    }
-    if (pick_args("connection", args, nargs, kwnames, &client, &exclude)) {
-        /* a call the pure method refuses: it raises its own error, message included */
-        PyErr_Clear();
-        return PyObject_Vectorcall(self->slow_connection, args, nargs, kwnames);
-    }
-    slot = fast_slot(self, exclude, &error);
+    PyObject *result;
+    PyObject *slot = fast_or_pure(self, self->slow_connection, args, nargs, kwnames, &result);
     if (slot == NULL) {
-        return error ? NULL : PyObject_Vectorcall(self->slow_connection, args, nargs, kwnames);
+        return result;
     }
     PyObject *lease = NULL, *backend = slot_field(self, slot, BACKEND);
     if (backend != NULL) {
