@@ -146,6 +146,14 @@ def test_the_c_accelerators_are_built_where_required() -> None:
     assert missing == []
 
 
+def test_compiled_refuses_a_name_that_is_no_accelerator() -> None:
+    from lbalgo import _accel
+
+    with pytest.raises(ValueError, match=r"name must be one of .*, got '_table'"):
+        _accel.compiled("_table")
+    assert _accel.COMPILED == ("_hotpath", "_wf2q_c")
+
+
 def test_the_package_and_the_cli_need_no_extra(tmp_path: Path) -> None:
     # neither an extra nor the C accelerators (a machine without a compiler builds none)
     blocked = ["hypothesis", "httpx", "matplotlib", "redis", "aiohttp", "numpy"]
